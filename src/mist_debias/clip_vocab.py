@@ -3,7 +3,8 @@
 The hub's ``openai/clip-vit-large-patch14`` tokenizer (``vocab.json`` + ``merges.txt``) is a pure function of
 the BPE merge list that ships with CLIP:
 
-    vocab = bytes_to_unicode() ∪ {b + "</w>"} ∪ {a + b for the first 48,894 merges} ∪ {<|startoftext|>, <|endoftext|>}
+    vocab = bytes_to_unicode() ∪ {b + "</w>"} ∪ {a + b for the first 48,894 merges}
+            ∪ {<|startoftext|>, <|endoftext|>}
 
 which gives 49,408 ids. The merge list is packaged with this library, so every tokenizer the project builds
 is the real one, without a network.
@@ -49,7 +50,8 @@ def bundled_bpe_path() -> Path:
 def read_merges(bpe_path: Path | None = None) -> list[str]:
     """The first 48,894 merges (lines 1..48894 after the header) of the CLIP BPE file."""
     path = bpe_path or bundled_bpe_path()
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
     return lines[1 : NUM_MERGES + 1]
 
 
