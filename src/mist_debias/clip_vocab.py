@@ -64,6 +64,19 @@ def build_vocab(merges: list[str]) -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
+def clip_tokenizer(
+    pad_token: str = END_TOKEN, model_max_length: int = 77, bpe_path: Path | None = None
+) -> CLIPTokenizer:
+    """An in-memory CLIP tokenizer; ``pad_token`` is ``<|endoftext|>`` (SD1.x) or ``"!"`` (SD2.x, SDXL's second)."""
+    merges = read_merges(bpe_path)
+    return CLIPTokenizer(
+        vocab=build_vocab(merges),
+        merges=[tuple(merge.split()) for merge in merges],
+        pad_token=pad_token,
+        model_max_length=model_max_length,
+    )
+
+
 def write_clip_tokenizer(
     out_dir: Path, pad_token: str = END_TOKEN, model_max_length: int = 77, bpe_path: Path | None = None
 ) -> Path:
