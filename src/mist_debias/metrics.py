@@ -125,9 +125,7 @@ def marginals(joint, axis_sizes) -> list[np.ndarray]:
     if int(np.prod(sizes)) != joint.size:
         raise ValueError(f"joint has {joint.size} cells but the axes give {int(np.prod(sizes))}")
     grid = joint.reshape(sizes)
-    return [
-        grid.sum(axis=tuple(other for other in range(len(sizes)) if other != a)) for a in range(len(sizes))
-    ]
+    return [grid.sum(axis=tuple(other for other in range(len(sizes)) if other != a)) for a in range(len(sizes))]
 
 
 def project_to_simplex(v) -> np.ndarray:
@@ -241,9 +239,7 @@ def simultaneous_confidence_sequence(
     counts = np.asarray(counts, dtype=np.float64)
     if prior_mean is None:
         prior_mean = np.full(len(counts), 1.0 / len(counts))
-    return confidence_sequence(
-        counts, counts.sum(), simultaneous_alpha(len(counts), alpha), prior_mean, prior_strength
-    )
+    return confidence_sequence(counts, counts.sum(), simultaneous_alpha(len(counts), alpha), prior_mean, prior_strength)
 
 
 @dataclass(frozen=True)
