@@ -28,9 +28,7 @@ END_TOKEN = "<|endoftext|>"
 def bytes_to_unicode() -> dict[int, str]:
     """The reversible byte → printable-unicode map used by GPT-2 and CLIP BPE."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = printable[:]
     extra = 0

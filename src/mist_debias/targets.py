@@ -186,9 +186,7 @@ class EditProblem:
                 value = value + weight * scale * direction / direction.norm(dim=0)
         return value
 
-    def solve(
-        self, weights: Mapping[str, torch.Tensor], concept_weights: Sequence[Sequence[float]]
-    ) -> LowRankUpdate:
+    def solve(self, weights: Mapping[str, torch.Tensor], concept_weights: Sequence[Sequence[float]]) -> LowRankUpdate:
         """``W' − W = L R`` for every layer in ``weights`` (the current, possibly compounded, W)."""
         for w in concept_weights:
             if not torch.isfinite(torch.tensor([float(x) for x in w], dtype=torch.float64)).all():
