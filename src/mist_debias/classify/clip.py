@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import torch
 import transformers
@@ -56,11 +57,13 @@ def axis_value_phrase(axis: str, value: str) -> str:
 
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' logging, progress bars and Python warnings, restoring them afterwards."""
+    """Silence transformers' and the hub client's logging, progress bars and Python warnings, then restore."""
     logging = transformers.utils.logging
-    verbosity = logging.get_verbosity()
+    hub_logging = huggingface_hub.utils.logging
+    verbosity, hub_verbosity = logging.get_verbosity(), hub_logging.get_verbosity()
     bars = logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
@@ -68,6 +71,7 @@ def _quiet_transformers() -> Iterator[None]:
             yield
     finally:
         logging.set_verbosity(verbosity)
+        hub_logging.set_verbosity(hub_verbosity)
         if bars:
             logging.enable_progress_bar()
 
