@@ -30,8 +30,11 @@ def check_output_path(path: Path, force: bool = False) -> Path:
 def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` (an atomic replace)."""
     path = check_output_path(Path(path), force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
     os.close(handle)
     temp = Path(temp_name)
     try:
@@ -45,8 +48,11 @@ def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
 def atomic_directory(path: Path, force: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``path``; on success it takes the place of ``path``."""
     path = check_output_path(Path(path), force)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as error:
+        raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
     try:
         yield temp
         if path.exists():

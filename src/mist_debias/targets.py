@@ -18,7 +18,9 @@ Key sets (positions of the concept prompt; attribute positions are aligned with 
 - ``all``: every position from start-of-text to the EOS (TIME); the destination is aligned with the source by
   their common prefix and, from the end, their common suffix (the EOS included).
 
-The edit is low rank with rank ≤ the number of keys. Embeddings are computed once per :class:`EditProblem`;
+The edit is low rank with rank ≤ the number of keys k. For MIST and UCE every column of ``L = η_e (V* − W C)``
+lies in the span of the projected attribute keys ``W g_j``, so with J attribute prompts shared by all concepts
+(EOS keys) the rank is at most min(k, J). Embeddings are computed once per :class:`EditProblem`;
 targets for new weights (the debias loop's iterations) cost a few small matrix products.
 """
 

@@ -1,0 +1,37 @@
+"""Session fixtures: tiny SD1.x / SD2.x / SDXL pipelines saved to disk and loaded back like a user's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from diffusers.utils import logging as diffusers_logging
+
+from mist_debias.pipeline import load_pipeline
+from mist_debias.testing import FAMILIES, build_pipeline, save_pipeline
+
+diffusers_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def pipeline_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One saved random-weight pipeline folder per family, built once per test session."""
+    root = tmp_path_factory.mktemp("pipelines")
+    return {family: save_pipeline(build_pipeline(family, seed=7), root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def sd1_dir(pipeline_dirs: dict[str, Path]) -> Path:
+    return pipeline_dirs["sd1"]
+
+
+@pytest.fixture
+def sd1_pipe(sd1_dir: Path):
+    """A fresh SD1.x pipeline loaded with ``from_pretrained`` (tests may edit it in place)."""
+    return load_pipeline(sd1_dir, device="cpu")
+
+
+@pytest.fixture(params=FAMILIES)
+def any_pipe(request: pytest.FixtureRequest, pipeline_dirs: dict[str, Path]):
+    """Each family's pipeline, loaded from its folder."""
+    return load_pipeline(pipeline_dirs[request.param], device="cpu")
