@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from mist_debias.errors import MistError
 from mist_debias.spec import AttributeSpec
 
 PROFESSIONS: tuple[str, ...] = (
@@ -110,7 +111,7 @@ _VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir")
 _VOWEL_SOUND_LETTERS = frozenset("AEFHILMNORSX")
 
 
-class PromptSetError(ValueError):
+class PromptSetError(MistError):
     """A prompt set that cannot be used (unknown name, unreadable file, missing columns); one-line message."""
 
 

@@ -23,6 +23,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from mist_debias.errors import MistError
+
 TARGET_ATOL = 1e-6
 """How far from 1 the sum of a target distribution may be."""
 
@@ -35,7 +37,7 @@ DEFAULT_NOUN = "person"
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
 
-class SpecError(ValueError):
+class SpecError(MistError):
     """An attribute specification (axes, cells or target) that cannot be used; the message is one line."""
 
 

@@ -33,6 +33,7 @@ from PIL import Image
 from transformers import AutoConfig, CLIPModel, CLIPTokenizer
 
 from mist_debias.classify.base import CellPredictions
+from mist_debias.errors import MistError
 from mist_debias.prompts import indefinite_article
 from mist_debias.spec import AttributeSpec, natural_phrase
 
@@ -46,7 +47,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of {a} {phrase}",)
 CLASSIFY_MODES = ("joint", "per-axis")
 
 
-class ClassifierError(ValueError):
+class ClassifierError(MistError):
     """A classifier that cannot be loaded or used as asked; the message is one line."""
 
 
