@@ -195,6 +195,9 @@ def test_marginalisation(spec3):
         np.testing.assert_array_equal(spec3.cells_with("race", value), members)
         np.testing.assert_allclose(race[:, v], probs[:, members].sum(axis=1))
     np.testing.assert_allclose(race.sum(axis=1), 1.0)
+    marginals = spec3.marginals(probs)
+    assert list(marginals) == ["gender", "race", "age"]
+    np.testing.assert_array_equal(marginals["race"], race)
     with pytest.raises(SpecError, match="no axis 'height'"):
         spec3.marginalize(probs, "height")
     with pytest.raises(SpecError, match="no value 'Latino'"):

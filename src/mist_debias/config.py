@@ -137,7 +137,11 @@ class AttributesConfig:
 
 @dataclass(frozen=True)
 class ConceptConfig:
-    """One concept to debias: its name (``doctor``), optional edit prompt and optional own attributes."""
+    """One concept to debias: its name (``doctor``), optional edit prompt and optional own attributes.
+
+    ``prompt`` replaces the concept prompt built from the run's ``prompt_template``; the attribute prompts
+    still come from that template (see :func:`~mist_debias.prompts.edit_prompts`).
+    """
 
     name: str
     prompt: str | None = None

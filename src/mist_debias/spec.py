@@ -31,7 +31,7 @@ TARGET_ATOL = 1e-6
 AGE_AXES = frozenset({"age"})
 RACE_AXES = frozenset({"race", "ethnicity", "skin", "skin_tone", "skintone", "skin-tone"})
 GENDER_AXES = frozenset({"gender", "sex"})
-POSTFIX_VALUES = frozenset({"with", "without", "no"})
+POSTFIX_VALUES = frozenset({"with", "without"})
 DEFAULT_NOUN = "person"
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -232,6 +232,10 @@ class AttributeSpec:
             raise SpecError(f"expected {self.num_cells} cells on the last dimension, got {probs.shape[-1]}")
         return probs @ self.membership(axis).T
 
+    def marginals(self, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`marginalize` over every axis: axis name → ``(..., V_a)``."""
+        return {name: self.marginalize(probs, name) for name in self.axis_names}
+
     def marginal_target(self, axis: str) -> np.ndarray:
         """The target distribution of ``axis`` (the marginal of ``t``)."""
         return self.marginalize(self.target_array, axis)
@@ -305,7 +309,7 @@ def natural_phrase(values: Sequence[tuple[str, str]]) -> str:
     """The default phrase of a cell from its ``(axis, value)`` pairs, in natural English order.
 
     Word order: age, then other adjective axes (in axis order), then race/ethnicity, then the gender value as
-    the noun (``"person"`` when no gender axis is given); a value ``with``/``without``/``no`` becomes a trailing
+    the noun (``"person"`` when no gender axis is given); a value ``with``/``without`` becomes a trailing
     ``"with <axis>"`` (``"without eyeglasses"``). Examples: (gender=woman, race=Asian, age=young) →
     ``"young Asian woman"``; (race=Black,) → ``"Black person"``; (gender=man, eyeglasses=with) →
     ``"man with eyeglasses"``. Only the ordering rules depend on axis names (age, race, ethnicity, skin_tone,
