@@ -181,7 +181,7 @@ def _log_beta_mixture_martingale(p, successes: float, n: float, a: float, b: flo
 
 
 def confidence_sequence(
-    successes, n, alpha: float = 0.05, prior_mean=0.5, prior_strength: float = 100.0
+    successes, n, alpha: float = 0.05, prior_mean=0.5, prior_strength=100.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anytime-valid confidence sequence for a Bernoulli mean (Robbins' beta-binomial mixture).
 
@@ -201,19 +201,20 @@ def confidence_sequence(
     near ``prior_mean`` at sample sizes of order ``prior_strength / (prior spread)``; centring it on the
     target ratio with a spread comparable to the tolerance suits certification ("is r within ε of t?").
     ``log M_n(p)`` is convex in p and M_n(p̂) ≤ 1, so CS_n is an interval around p̂ = S/n; its ends are
-    found by root bracketing. Vectorised over ``successes`` (``n``, ``prior_mean`` broadcast).
+    found by root bracketing. Vectorised over ``successes`` (``n`` and the prior broadcast).
     Returns ``(lower, upper)``.
     """
     k = np.atleast_1d(np.asarray(successes, dtype=np.float64))
     ns = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
     means = np.broadcast_to(np.asarray(prior_mean, dtype=np.float64), k.shape)
+    strengths = np.broadcast_to(np.asarray(prior_strength, dtype=np.float64), k.shape)
     threshold = math.log(1.0 / alpha)
     lower = np.zeros_like(k)
     upper = np.ones_like(k)
-    for i, (s, total, mean) in enumerate(zip(k, ns, means, strict=True)):
+    for i, (s, total, mean, strength) in enumerate(zip(k, ns, means, strengths, strict=True)):
         if total <= 0:
             continue
-        a, b = prior_strength * mean, prior_strength * (1.0 - mean)
+        a, b = strength * mean, strength * (1.0 - mean)
 
         def excess(p, s=s, total=total, a=a, b=b):
             return _log_beta_mixture_martingale(p, s, total, a, b) - threshold
@@ -228,7 +229,7 @@ def confidence_sequence(
 
 
 def simultaneous_confidence_sequence(
-    counts, alpha: float = 0.05, prior_mean=None, prior_strength: float = 100.0
+    counts, alpha: float = 0.05, prior_mean=None, prior_strength=100.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anytime-valid intervals for all K cell ratios jointly.
 

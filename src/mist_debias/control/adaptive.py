@@ -1,0 +1,441 @@
+"""The adaptive controller: model-based search in absolute weights, certified by a confidence sequence.
+
+Weights are absolute (mode ``"absolute"``): every proposal is solved from the original W, so an edit is
+reproducible from its weights alone and evidence at the same weights can be pooled across batches.
+
+Each concept runs this loop:
+
+1. **Measure the unedited model** (w = 0).
+2. **Probe** once along ``t − r̂₀`` with ``max_j |w_j| = initial_step``; the response scale is unknown.
+3. **Model** the ratios as ``softmax(a + s·w + E Qᵀ w)`` fitted by penalised likelihood to *all*
+   observations (:mod:`mist_debias.control.response`): a batch of 64 images is weighed as 64 images, not
+   treated as exact, and no bracket collapses on one noisy point. The next weight solves the model for the
+   target, inside a trust region of ``growth`` × the span of weights tried so far; this finds the weight
+   scale by expansion when the response is weak and by interpolation when a step overshot.
+4. **Dwell or move.** The weight in hand is kept (its images pool exactly) while the images still needed
+   to certify it are no more than a fresh, well-aimed weight would need; otherwise the controller moves.
+   A move the model predicts to change no ratio by more than the aim error is not made: weights closer
+   than what matters are the same weight. Batches grow from ``n_min`` while exploring to a share of the
+   images the certificate still needs while dwelling.
+5. **Certify.** After every batch the weight in hand is checked with an anytime-valid confidence sequence
+   (:func:`mist_debias.metrics.simultaneous_confidence_sequence`, running intersection); the concept
+   converges, and is frozen, when every cell's interval lies inside ``[t_j − ε, t_j + ε]``.
+
+Honesty of the certificate. Looking after every batch is covered by the confidence sequence. Looking at
+*several weights* is covered by spending α across them: a weight is a certification candidate only if it
+was chosen so before any image was drawn at it (from earlier data), and the m-th candidate gets
+``α_m = α (1 − ρ) / (m (m + 1))`` (Σ_m α_m = α (1 − ρ)); the unedited weight gets ``ρ α``. By the
+union bound over candidates and cells, P(some concept is declared converged while a cell's true ratio is
+outside the tolerance) ≤ α per concept. Exploration weights (probes, trust-region-limited steps, steps
+aimed from far away) are not candidates and spend nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mist_debias.control.base import ConceptStatus, ConceptTarget, Controller, Observation, Proposal
+from mist_debias.control.response import LogitLinearResponse, fit_response, zero_sum_basis
+from mist_debias.metrics import Distribution, simultaneous_alpha, simultaneous_confidence_sequence
+
+_PRIOR_MEAN_FLOOR = 1e-3
+
+
+def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:
+    """Weights equal up to float round-off (a JSON round trip of float64 is exact anyway)."""
+    return bool(np.max(np.abs(a - b)) <= 1e-12 * (1.0 + float(np.max(np.abs(a)))))
+
+
+@dataclass
+class _WeightRecord:
+    """Everything seen at one distinct weight vector.
+
+    ``counts`` (all images here) feed the response model; ``certified_counts`` (images drawn since the
+    weight became a certification candidate, with α share ``alpha``) feed its confidence sequence.
+    """
+
+    weights: np.ndarray
+    counts: np.ndarray
+    n_invalid: int = 0
+    alpha: float | None = None
+    certified_counts: np.ndarray | None = None
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def ratios(self) -> np.ndarray:
+        return self.counts / max(self.n, 1)
+
+
+@dataclass
+class _ConceptState:
+    records: list[_WeightRecord] = field(default_factory=list)
+    current: int | None = None
+    iterations: int = 0
+    candidates: int = 0
+    converged: bool = False
+    last_counts: np.ndarray | None = None
+    last_invalid: int = 0
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The next batch for a concept: weights, images, and the α share of those weights if they are new."""
+
+    weights: np.ndarray
+    n_images: int
+    alpha: float | None
+    kind: str
+
+
+class AdaptiveController(Controller):
+    """Certified, model-based controller in absolute weights (see the module docstring).
+
+    Parameters: ``alpha`` — the certificate's error level per concept; ``n_min``/``n_max_batch`` — the
+    smallest and largest batch; ``batch_multiple`` — batch sizes are multiples of it; ``initial_step`` —
+    the probe's largest |w_j|; ``growth`` — trust-region factor; ``max_abs_weight`` — weights never exceed
+    it; ``max_iterations`` — batches per concept; ``initial_alpha_share`` — ρ, the α share of the
+    unedited weight; ``prior_scale`` — spread of the confidence sequence's mixing prior in units of ε
+    (where the sequence is tightest); ``aim_error`` — in units of ε, the error assumed for a fresh aimed
+    weight; ``near`` — in units of ε, how close the model must already see data to the target before an
+    aimed weight becomes a candidate; ``model_images`` — how many images' worth of weight the model's
+    prediction gets beside the pooled counts when judging the weight in hand; ``cross_penalty`` — ridge
+    on the model's cross-effects.
+    """
+
+    name = "adaptive"
+    mode = "absolute"
+
+    def __init__(
+        self,
+        concepts: Sequence[ConceptTarget],
+        budget: int | None = None,
+        alpha: float = 0.05,
+        n_min: int = 64,
+        n_max_batch: int = 1024,
+        batch_multiple: int = 16,
+        initial_step: float = 0.5,
+        growth: float = 4.0,
+        max_abs_weight: float = 100.0,
+        max_iterations: int = 100,
+        initial_alpha_share: float = 0.1,
+        prior_scale: float = 0.5,
+        aim_error: float = 0.25,
+        misfit_z: float = 3.0,
+        first_batch_share: float = 0.25,
+        candidate_miss: float = 0.5,
+        first_batch_max: int = 256,
+        cross_penalty: float = 10.0,
+    ) -> None:
+        super().__init__(concepts, budget)
+        if not 0.0 < alpha < 1.0 or not 0.0 < initial_alpha_share < 1.0:
+            raise ValueError("alpha and initial_alpha_share must lie in (0, 1)")
+        if min(n_min, n_max_batch, batch_multiple, max_iterations) <= 0 or n_max_batch < n_min:
+            raise ValueError("batch sizes and max_iterations must be positive, n_max_batch ≥ n_min")
+        if min(initial_step, growth - 1.0, max_abs_weight, prior_scale, aim_error, misfit_z, first_batch_share) <= 0:
+            raise ValueError("step, weight, prior, aim, misfit and batch settings must be > 0, growth > 1")
+        self.alpha = float(alpha)
+        self.n_min = int(n_min)
+        self.n_max_batch = int(n_max_batch)
+        self.batch_multiple = int(batch_multiple)
+        self.initial_step = float(initial_step)
+        self.growth = float(growth)
+        self.max_abs_weight = float(max_abs_weight)
+        self.max_iterations = int(max_iterations)
+        self.initial_alpha_share = float(initial_alpha_share)
+        self.prior_scale = float(prior_scale)
+        self.aim_error = float(aim_error)
+        self.misfit_z = float(misfit_z)
+        self.first_batch_share = float(first_batch_share)
+        self.candidate_miss = float(candidate_miss)
+        self.first_batch_max = int(first_batch_max)
+        self.cross_penalty = float(cross_penalty)
+        self._states = {name: _ConceptState() for name in self.concepts}
+        self._plans: dict[str, tuple[int, _Plan]] = {}
+
+    def options(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "n_min": self.n_min,
+            "n_max_batch": self.n_max_batch,
+            "batch_multiple": self.batch_multiple,
+            "initial_step": self.initial_step,
+            "growth": self.growth,
+            "max_abs_weight": self.max_abs_weight,
+            "max_iterations": self.max_iterations,
+            "initial_alpha_share": self.initial_alpha_share,
+            "prior_scale": self.prior_scale,
+            "aim_error": self.aim_error,
+            "misfit_z": self.misfit_z,
+            "first_batch_share": self.first_batch_share,
+            "candidate_miss": self.candidate_miss,
+            "first_batch_max": self.first_batch_max,
+            "cross_penalty": self.cross_penalty,
+        }
+
+    # ------------------------------------------------------------------------------ statistics
+
+    def _prior(self, concept: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mixing prior of the confidence sequence per cell: mean t_j, spread prior_scale · ε."""
+        spec = self.concepts[concept]
+        mean = np.clip(spec.target_array, _PRIOR_MEAN_FLOOR, 1.0 - _PRIOR_MEAN_FLOOR)
+        strength = mean * (1.0 - mean) / (self.prior_scale * spec.tolerance) ** 2
+        return mean, strength
+
+    def _images_to_certify(
+        self, concept: str, future: np.ndarray, alpha: float, pooled: _WeightRecord | None = None
+    ) -> float:
+        """Approximate further images needed before the confidence sequence at level ``alpha`` fits
+        inside the tolerance, if new images have true ratios ``future`` and join the counts already
+        ``pooled`` at the weight (inf when that never happens).
+
+        After N valid images in all, the sequence is centred near ``(n₀ r̂₀ + (N − n₀) future) / N`` with
+        half-width ``h(N) = sqrt(2 p(1 − p) (log(1/α_cell) + ½ log((N + c)/c)) / N)`` (the normal
+        approximation of the mixture boundary, c the prior strength). Evaluated on a geometric grid of
+        N. Only plans batch sizes; certification itself uses the exact sequence.
+        """
+        spec = self.concepts[concept]
+        _, strength = self._prior(concept)
+        t, eps = spec.target_array, spec.tolerance
+        start = np.zeros(spec.num_cells)
+        if pooled is not None and pooled.certified_counts is not None:
+            start = pooled.certified_counts.astype(np.float64)
+        n0 = start.sum()
+        totals = n0 + np.geomspace(1.0, 1e6, 400)[:, None]
+        centre = (start + (totals - n0) * future) / totals
+        variance = np.maximum(centre * (1.0 - centre), 1e-4)
+        log_level = math.log(1.0 / simultaneous_alpha(spec.num_cells, alpha))
+        half = np.sqrt(2.0 * variance * (log_level + 0.5 * np.log((totals + strength) / strength)) / totals)
+        inside = np.all(np.abs(centre - t) + half <= eps, axis=1)
+        if not np.any(inside):
+            return math.inf
+        return float(totals[np.argmax(inside), 0] - n0)
+
+    def _next_alpha(self, state: _ConceptState) -> float:
+        m = state.candidates + 1
+        return self.alpha * (1.0 - self.initial_alpha_share) / (m * (m + 1.0))
+
+    def _round_batch(self, n: float) -> int:
+        n = min(max(n, self.n_min), self.n_max_batch)
+        return int(math.ceil(n / self.batch_multiple) * self.batch_multiple)
+
+    # ----------------------------------------------------------------------------- the model
+
+    def _fit(self, state: _ConceptState) -> LogitLinearResponse | None:
+        if len(state.records) < 2:
+            return None
+        weights = np.stack([r.weights for r in state.records])
+        counts = np.stack([r.counts for r in state.records])
+        return fit_response(weights, counts, cross_penalty=self.cross_penalty)
+
+    @staticmethod
+    def _find(state: _ConceptState, weights: np.ndarray) -> int | None:
+        return next((i for i, r in enumerate(state.records) if _same_weights(r.weights, weights)), None)
+
+    def _excluded(self, concept: str, record: _WeightRecord) -> bool:
+        """True when some cell's confidence sequence at ``record`` lies entirely outside the tolerance."""
+        if record.lower is None:
+            return False
+        spec = self.concepts[concept]
+        t, eps = spec.target_array, spec.tolerance
+        return bool(np.any((record.upper < t - eps) | (record.lower > t + eps)))
+
+    # ------------------------------------------------------------------------------ planning
+
+    def _estimate(self, record: _WeightRecord, model: LogitLinearResponse | None) -> np.ndarray:
+        """Best estimate of the true ratios at ``record``.
+
+        The model's prediction (it uses every observation, including this weight's) unless the pooled
+        counts here disagree with it by more than ``misfit_z`` standard errors in some cell (the model
+        does not describe this weight well), in which case the pooled ratios.
+        """
+        if model is None:
+            return record.ratios
+        predicted = model.ratios(record.weights)
+        variance = predicted * (1.0 - predicted) / max(record.n, 1) + model.ratio_errors(record.weights) ** 2
+        misfit = np.abs(record.ratios - predicted) / np.sqrt(np.maximum(variance, 1e-12))
+        return record.ratios if np.max(misfit) > self.misfit_z else predicted
+
+    def _dwell_need(self, concept: str, record: _WeightRecord, model: LogitLinearResponse | None) -> float:
+        """Images still needed to certify ``record`` if its ratios are as estimated (inf: cannot be)."""
+        if record.alpha is None or self._excluded(concept, record):
+            return math.inf
+        return self._images_to_certify(concept, self._estimate(record, model), record.alpha, record)
+
+    def _plan(self, concept: str) -> _Plan:
+        """What this concept would do next, from its observations so far (cached per observation)."""
+        version = len(self.observations)
+        cached = self._plans.get(concept)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        plan = self._make_plan(concept)
+        self._plans[concept] = (version, plan)
+        return plan
+
+    def _make_plan(self, concept: str) -> _Plan:
+        spec = self.concepts[concept]
+        state = self._states[concept]
+        t, eps = spec.target_array, spec.tolerance
+        if not state.records:
+            return _Plan(
+                np.zeros(spec.num_cells),
+                self._round_batch(self.n_min),
+                self.initial_alpha_share * self.alpha,
+                "initial",
+            )
+        current = state.records[state.current]
+        model = self._fit(state)
+        move_alpha = self._next_alpha(state)
+        dwell_need = self._dwell_need(concept, current, model)
+
+        if model is None:
+            blind_need = self._images_to_certify(concept, t + self.aim_error * eps, move_alpha)
+            if dwell_need <= blind_need:
+                return _Plan(current.weights, self._round_batch(0.5 * dwell_need), current.alpha, "dwell")
+            direction = t - current.ratios
+            if np.max(np.abs(direction)) < 1e-12:
+                direction = zero_sum_basis(spec.num_cells)[:, 0]
+            weights = current.weights + self.initial_step * direction / np.max(np.abs(direction))
+            return _Plan(weights, self._round_batch(self.n_min), None, "probe")
+
+        step = model.solve(t) - current.weights
+        all_weights = np.stack([r.weights for r in state.records])
+        span = max(float(np.max(np.linalg.norm(all_weights - w, axis=1))) for w in all_weights)
+        radius = self.growth * span
+        limited = float(np.linalg.norm(step)) > radius
+        if limited:
+            step *= radius / np.linalg.norm(step)
+        weights = current.weights + step
+        if np.max(np.abs(weights)) > self.max_abs_weight:
+            weights *= self.max_abs_weight / np.max(np.abs(weights))
+            limited = True
+        predicted, error = model.ratios(weights), model.ratio_errors(weights)
+        # Expected miss of the aimed weight: its predicted offset plus one standard error.
+        miss = np.abs(predicted - t) + error
+        move_need = self._images_to_certify(concept, t + miss, move_alpha)
+        change = np.max(np.abs(predicted - model.ratios(current.weights)))
+        if math.isfinite(dwell_need) and (dwell_need <= move_need or change < np.max(error)):
+            # Certifying here is no dearer than a fresh weight, or the move is within the model's
+            # own uncertainty (closer than what matters): keep pooling at the weight in hand.
+            return _Plan(current.weights, self._round_batch(0.5 * dwell_need), current.alpha, "dwell")
+        candidate = not limited and np.max(miss) <= self.candidate_miss * eps
+        first = self._round_batch(min(self.first_batch_share * move_need, self.first_batch_max))
+        existing = self._find(state, weights)
+        if existing is not None:
+            record = state.records[existing]
+            if record.alpha is None:
+                if candidate:  # promote: certification starts with the next images
+                    return _Plan(record.weights, first, move_alpha, "aim")
+                return _Plan(record.weights, self._round_batch(self.n_min), None, "explore")
+            need = self._dwell_need(concept, record, model)
+            if not math.isfinite(need):
+                return _Plan(record.weights, 0, record.alpha, "stuck")
+            return _Plan(record.weights, self._round_batch(0.5 * need), record.alpha, "dwell")
+        if candidate:
+            return _Plan(weights, first, move_alpha, "aim")
+        return _Plan(weights, self._round_batch(self.n_min), None, "explore")
+
+    # ----------------------------------------------------------------------------- the contract
+
+    def _record(self, obs: Observation) -> None:
+        spec = self.concepts[obs.concept]
+        state = self._states[obs.concept]
+        weights = np.asarray(obs.weights, dtype=np.float64)
+        counts = np.asarray(obs.counts, dtype=np.int64)
+        plan = self._plan(obs.concept)  # decided from the data before this batch
+        index = self._find(state, weights)
+        if index is None:
+            zeros = np.zeros(spec.num_cells, dtype=np.int64)
+            state.records.append(_WeightRecord(weights.copy(), zeros))
+            index = len(state.records) - 1
+        record = state.records[index]
+        if record.alpha is None and plan.alpha is not None and _same_weights(plan.weights, weights):
+            # The weight becomes a certification candidate before any of its certifying images exist.
+            record.alpha = plan.alpha
+            record.certified_counts = np.zeros(spec.num_cells, dtype=np.int64)
+            if plan.kind != "initial":
+                state.candidates += 1
+        record.counts = record.counts + counts
+        record.n_invalid += obs.n_invalid
+        if record.alpha is not None:
+            record.certified_counts = record.certified_counts + counts
+            if record.certified_counts.sum() > 0:
+                mean, strength = self._prior(obs.concept)
+                lower, upper = simultaneous_confidence_sequence(record.certified_counts, record.alpha, mean, strength)
+                record.lower = lower if record.lower is None else np.maximum(record.lower, lower)
+                record.upper = upper if record.upper is None else np.minimum(record.upper, upper)
+                t, eps = spec.target_array, spec.tolerance
+                state.converged = bool(np.all(record.lower >= t - eps) and np.all(record.upper <= t + eps))
+        state.current = index
+        state.iterations += 1
+        state.last_counts = counts
+        state.last_invalid = obs.n_invalid
+
+    def _fit_to_budget(self, wanted: int, left: int) -> int:
+        granted = min(wanted, left // self.batch_multiple * self.batch_multiple)
+        return granted if granted >= self.batch_multiple else 0
+
+    def _reason(self, concept: str) -> str:
+        state = self._states[concept]
+        if state.converged:
+            return "converged"
+        if state.iterations >= self.max_iterations:
+            return "max_iterations"
+        left = self.budget_left
+        if left is not None and left < self.batch_multiple:
+            return "budget"
+        if self._plan(concept).kind == "stuck":
+            return "stuck"
+        return "running"
+
+    def _wanted(self, concept: str) -> Proposal | None:
+        if self._reason(concept) != "running":
+            return None
+        plan = self._plan(concept)
+        return Proposal(concept, plan.weights.copy(), self.mode, plan.n_images)
+
+    def _best(self, concept: str) -> _WeightRecord | None:
+        """The record to report: the current one when converged, else the pooled estimate closest to target."""
+        state = self._states[concept]
+        if not state.records:
+            return None
+        if state.converged:
+            return state.records[state.current]
+        t = self.concepts[concept].target_array
+        measured = [r for r in state.records if r.n > 0] or state.records
+        return min(measured, key=lambda r: float(np.max(np.abs(r.ratios - t))))
+
+    def status(self, concept: str) -> ConceptStatus:
+        spec = self.concepts[concept]
+        state = self._states[concept]
+        reason = self._reason(concept)
+        best = self._best(concept)
+        last = pooled = None
+        if state.last_counts is not None:
+            last = Distribution.from_counts(state.last_counts, spec.target, state.last_invalid)
+        if best is not None:
+            pooled = Distribution.from_counts(best.counts, spec.target, best.n_invalid)
+        certified = best is not None and best.lower is not None
+        return ConceptStatus(
+            concept=concept,
+            finished=reason != "running",
+            converged=state.converged,
+            reason=reason,
+            mode=self.mode,
+            iterations=state.iterations,
+            images_used=self.concept_images(concept),
+            weights=np.zeros(spec.num_cells) if best is None else best.weights.copy(),
+            last=last,
+            pooled=pooled,
+            certificate_lower=tuple(float(x) for x in best.lower) if certified else None,
+            certificate_upper=tuple(float(x) for x in best.upper) if certified else None,
+            certificate_alpha=best.alpha if certified else None,
+        )

@@ -1,0 +1,174 @@
+"""A monotone response model of cell ratios against edit weights, fitted to every observation.
+
+Model (multinomial logistic, linear in the weights)::
+
+    r(w) = softmax(a + s·w + E Qᵀ w),     s ≥ 0,
+
+for zero-sum weight vectors w (Σ_j w_j = 0; see below). ``a`` are the unedited log-odds, ``s`` the common
+gain of "weight on cell j raises cell j" (the monotone part, constrained non-negative), and ``E`` (K×(K−1))
+the cross-effects of one attribute direction on the other cells. Q (K×(K−1)) is an orthonormal basis of
+the zero-sum subspace, so E acts only on the directions that matter.
+
+Gauge: adding the same constant to every w_j still changes a MIST edit (each attribute direction adds to
+``W c_s``), but it does not move the balance between cells to first order and the official loop never
+uses it (Σ_j (t_j − r_j) = 0). The controller therefore searches only the K − 1 zero-sum directions, which
+makes the map from weights to ratios square: K − 1 free weights for the K − 1 free ratios.
+
+Fit: penalised maximum likelihood over all observations (pooled per distinct weight), with pseudo-counts
+so that a batch at 0% or 100% keeps a finite likelihood, and a ridge on E that keeps the cross-effects
+small unless the data insist. The objective is convex (the likelihood is convex in the linear map; the
+penalty is convex), solved by damped Newton from a fixed start, so the fit is deterministic. The inverse
+Hessian at the optimum serves as the parameters' covariance, which gives each predicted ratio a standard
+error by the delta method (how far the controller can trust an aimed step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
+
+
+def zero_sum_basis(num_cells: int) -> np.ndarray:
+    """Orthonormal Helmert basis Q (K×(K−1)) of {w : Σ w = 0}: column i is (1,…,1, −i, 0,…)/√(i(i+1))."""
+    basis = np.zeros((num_cells, num_cells - 1))
+    for i in range(1, num_cells):
+        basis[:i, i - 1] = 1.0
+        basis[i, i - 1] = -float(i)
+        basis[:, i - 1] /= np.sqrt(i * (i + 1.0))
+    return basis
+
+
+def _design(weights: np.ndarray) -> np.ndarray:
+    """Jacobians (M×K×P) of the logits with respect to θ = (a, s, vec(E)) at each weight row."""
+    num_cells = weights.shape[1]
+    eye = np.eye(num_cells)
+    projected = weights @ zero_sum_basis(num_cells)
+    return np.stack(
+        [np.hstack([eye, w[:, None], np.kron(eye, x[None, :])]) for w, x in zip(weights, projected, strict=True)]
+    )
+
+
+@dataclass(frozen=True)
+class LogitLinearResponse:
+    """``r(w) = softmax(a + s·w + E Qᵀ w)`` for zero-sum w.
+
+    Stored as ``theta = (a, s, vec(E))`` for weights measured in units of ``unit`` (the RMS norm of the
+    fitted weights), with ``covariance`` the inverse penalised Hessian of θ.
+    """
+
+    theta: np.ndarray
+    unit: float
+    covariance: np.ndarray
+
+    @property
+    def num_cells(self) -> int:
+        return math.isqrt(len(self.theta) - 1)  # len(θ) = K + 1 + K(K − 1) = K² + 1
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.theta[: self.num_cells]
+
+    @property
+    def gain(self) -> float:
+        """The common gain s in the caller's weight units."""
+        return float(self.theta[self.num_cells]) / self.unit
+
+    @property
+    def cross(self) -> np.ndarray:
+        """E (K×(K−1)) in the caller's weight units."""
+        return self.theta[self.num_cells + 1 :].reshape(self.num_cells, self.num_cells - 1) / self.unit
+
+    def ratios(self, weights) -> np.ndarray:
+        """Predicted ratios r(w)."""
+        design = _design(np.atleast_2d(np.asarray(weights, dtype=np.float64)) / self.unit)[0]
+        return special.softmax(design @ self.theta)
+
+    def ratio_errors(self, weights) -> np.ndarray:
+        """Delta-method standard errors of the predicted ratios: sqrt(diag(G Σ Gᵀ)), G = ∂r/∂θ."""
+        design = _design(np.atleast_2d(np.asarray(weights, dtype=np.float64)) / self.unit)[0]
+        r = special.softmax(design @ self.theta)
+        grad = (np.diag(r) - np.outer(r, r)) @ design
+        return np.sqrt(np.maximum(np.einsum("kp,pq,kq->k", grad, self.covariance, grad), 0.0))
+
+    def solve(self, target, floor: float = 1e-4) -> np.ndarray:
+        """Zero-sum weights w with r(w) = target (least squares in centred log-ratio coordinates).
+
+        Solves ``Qᵀ(s Q + E) x = Qᵀ(log t − a)`` and returns ``w = Q x``; target entries below ``floor``
+        are raised to it (log 0 has no solution).
+        """
+        basis = zero_sum_basis(self.num_cells)
+        log_target = np.log(np.maximum(np.asarray(target, dtype=np.float64), floor))
+        matrix = self.gain * np.eye(self.num_cells - 1) + basis.T @ self.cross
+        rhs = basis.T @ (log_target - self.offsets)
+        x = np.linalg.lstsq(matrix, rhs, rcond=1e-10)[0]
+        return basis @ x
+
+
+def fit_response(
+    weights, counts, pseudo_count: float = 0.5, cross_penalty: float = 10.0, max_iter: int = 100
+) -> LogitLinearResponse:
+    """Fit :class:`LogitLinearResponse` to per-weight pooled counts (rows of ``weights`` and ``counts``).
+
+        Minimises ``−Σ_m Σ_j c̃_mj log r_j(w_m) + μ ‖E ū‖² + 10⁻⁶ (Σ a)²`` over (a, s ≥ 0, E), with
+        ``c̃ = counts + pseudo_count`` and ū the RMS norm of the observed weights (the fit works in that unit,
+        so μ penalises the cross-effects' contribution to the logits); the last term fixes the irrelevant
+        common shift of ``a``. The penalties make the Hessian positive definite. Damped Newton with the exact
+    Hessian; if the unconstrained optimum has s < 0
+        the gain is fixed at 0 and the rest re-solved (for a convex objective that is the constrained optimum).
+    """
+    c = np.asarray(counts, dtype=np.float64) + pseudo_count
+    num_cells = c.shape[1]
+    raw = np.asarray(weights, dtype=np.float64)
+    unit = float(np.sqrt(max(float(np.mean(np.sum(raw**2, axis=1))), 1e-24)))
+    jacobians = _design(raw / unit)
+    totals = c.sum(axis=1)
+    transposed = jacobians.transpose(0, 2, 1)
+    eye = np.eye(num_cells)
+    num_params = jacobians.shape[2]
+    penalty = np.zeros((num_params, num_params))
+    penalty[:num_cells, :num_cells] = 1e-6
+    penalty[num_cells + 1 :, num_cells + 1 :] += cross_penalty * np.eye(num_params - num_cells - 1)
+
+    def objective(theta):
+        logits = jacobians @ theta
+        log_probs = logits - special.logsumexp(logits, axis=1, keepdims=True)
+        return -np.sum(c * log_probs) + theta @ penalty @ theta, np.exp(log_probs)
+
+    def derivatives(theta, probs):
+        residual = totals[:, None] * probs - c
+        grad = np.einsum("mkp,mk->p", jacobians, residual) + 2.0 * penalty @ theta
+        curvature = totals[:, None, None] * (probs[:, :, None] * eye - probs[:, :, None] * probs[:, None, :])
+        hessian = np.sum(transposed @ curvature @ jacobians, axis=0) + 2.0 * penalty
+        return grad, hessian
+
+    def newton(free):
+        theta = np.zeros(num_params)
+        pooled = c.sum(axis=0)
+        theta[:num_cells] = np.log(pooled / pooled.sum())
+        value, probs = objective(theta)
+        for _ in range(max_iter):
+            grad, hessian = derivatives(theta, probs)
+            step = np.zeros(num_params)
+            step[free] = np.linalg.solve(hessian[np.ix_(free, free)], grad[free])
+            decrement = float(grad @ step)
+            if decrement < 1e-10:
+                break
+            size = 1.0
+            while size > 1e-10:
+                candidate = theta - size * step
+                new_value, new_probs = objective(candidate)
+                if new_value <= value - 0.25 * size * decrement:
+                    break
+                size *= 0.5
+            theta, value, probs = candidate, new_value, new_probs
+        return theta, probs
+
+    everything = np.arange(num_params)
+    theta, probs = newton(everything)
+    if theta[num_cells] < 0.0:
+        theta, probs = newton(everything[everything != num_cells])
+    _, hessian = derivatives(theta, probs)
+    return LogitLinearResponse(theta, unit, np.linalg.inv(hessian))
