@@ -197,9 +197,11 @@ def confidence_sequence(
 
     covers the true p at *every* n simultaneously with probability ≥ 1 − α: the interval may be
     checked after every batch and the procedure stopped whenever it likes. This holds for any prior
-    fixed before seeing the data; the prior only decides where the sequence is tight. It is tightest
-    near ``prior_mean`` at sample sizes of order ``prior_strength / (prior spread)``; centring it on the
-    target ratio with a spread comparable to the tolerance suits certification ("is r within ε of t?").
+    fixed before seeing the data; the prior only decides where the sequence is tight: for deviations
+    |p̂ − p| of the order of the prior's spread sqrt(m(1 − m)/(strength + 1)) around its mean m, and
+    the half-width behaves like sqrt(2 p(1 − p) (log(1/α) + ½ log((n + strength)/strength)) / n).
+    Centring it on the target with a spread comparable to the tolerance suits certification ("is r
+    within ε of t?").
     ``log M_n(p)`` is convex in p and M_n(p̂) ≤ 1, so CS_n is an interval around p̂ = S/n; its ends are
     found by root bracketing. Vectorised over ``successes`` (``n`` and the prior broadcast).
     Returns ``(lower, upper)``.

@@ -1,0 +1,154 @@
+import json
+
+import numpy as np
+import pytest
+
+from mist_debias.control import AdaptiveController, ConceptTarget, Observation, controller_from_dict
+from mist_debias.control.simulate import SoftmaxPlant, simulate
+
+HALF = (0.5, 0.5)
+
+
+@pytest.mark.parametrize("plant_name", ["easy", "small", "large"])
+def test_converges_where_a_fixed_step_is_fine_too_weak_or_too_strong(plants, plant_name):
+    controller = AdaptiveController([ConceptTarget(plant_name, HALF)])
+    result = simulate(controller, {plant_name: plants[plant_name]}, seed=1)
+    status = controller.status(plant_name)
+    assert status.converged and status.reason == "converged" and status.mode == "absolute"
+    true_ratios = plants[plant_name].ratios(result.final_weights[plant_name])
+    assert np.max(np.abs(true_ratios - 0.5)) < 0.05
+    # The certificate: every cell's anytime-valid interval inside [t − ε, t + ε].
+    assert np.all(np.array(status.certificate_lower) >= 0.45)
+    assert np.all(np.array(status.certificate_upper) <= 0.55)
+    assert status.certificate_alpha <= 0.05
+
+
+def test_certificate_is_honest_over_many_runs(plants):
+    """Measured: the share of certified runs whose TRUE ratio at the certified weights is within the
+    tolerance, and whose certificate intervals contain the true ratios. Both must be ≥ 95%."""
+    certified = within = covered = 0
+    for name, plant in plants.items():
+        for seed in range(25):
+            controller = AdaptiveController([ConceptTarget(name, HALF)])
+            result = simulate(controller, {name: plant}, seed=100 + seed)
+            status = controller.status(name)
+            if not status.converged:
+                continue
+            true_ratios = plant.ratios(result.final_weights[name])
+            certified += 1
+            within += np.max(np.abs(true_ratios - 0.5)) < 0.05
+            covered += np.all(
+                (np.array(status.certificate_lower) <= true_ratios)
+                & (true_ratios <= np.array(status.certificate_upper))
+            )
+    assert certified >= 70, f"only {certified}/75 runs converged"
+    assert within / certified >= 0.95, f"true ratio within tolerance in {within}/{certified}"
+    assert covered / certified >= 0.95, f"certificate covered the truth in {covered}/{certified}"
+
+
+def test_never_certifies_a_concept_that_cannot_reach_the_tolerance():
+    # The ratio sits 0.005 outside the tolerance and no weight moves it. Checking a 95% interval after
+    # every batch at the same weight would sometimes declare success; the certificate must not (the
+    # anytime guarantee allows ≤ 5% of runs; ≤ 2 of 20 is asked).
+    plant = SoftmaxPlant.from_ratios([0.555, 0.445], scale=0.0)
+    false_certificates = 0
+    for seed in range(20):
+        controller = AdaptiveController([ConceptTarget("stuck", HALF)], budget=2500)
+        simulate(controller, {"stuck": plant}, seed=seed)
+        status = controller.status("stuck")
+        assert status.images_used <= 2500
+        false_certificates += status.converged
+    assert false_certificates <= 2
+
+
+def test_budget_caps_the_run(plants):
+    controller = AdaptiveController([ConceptTarget("small", HALF)], budget=700)
+    simulate(controller, {"small": plants["small"]}, seed=0)
+    status = controller.status("small")
+    assert controller.images_used <= 700 and status.reason == "budget" and not status.converged
+    assert controller.propose() == []
+
+
+def test_several_concepts_two_and_eight_cells_with_a_shared_budget():
+    rng = np.random.default_rng(0)
+    intersectional = SoftmaxPlant.from_ratios(
+        rng.dirichlet(np.full(8, 3.0)), scale=2.0, cross=0.3, seed=4, invalid_rate=0.02
+    )
+    binary = SoftmaxPlant.from_ratios([0.2, 0.8], scale=1.5)
+    uniform8 = tuple(np.full(8, 1 / 8))
+    controller = AdaptiveController([ConceptTarget("doctor", uniform8), ConceptTarget("nurse", HALF)], budget=40000)
+    result = simulate(controller, {"doctor": intersectional, "nurse": binary}, seed=3)
+    for name, plant, target in (("doctor", intersectional, uniform8), ("nurse", binary, HALF)):
+        status = controller.status(name)
+        assert status.converged, status.reason
+        assert np.max(np.abs(plant.ratios(result.final_weights[name]) - np.array(target))) < 0.05
+        assert abs(sum(result.final_weights[name])) < 1e-9  # zero-sum weights
+    assert controller.images_used <= 40000
+    # A converged concept is frozen: it gets no proposals and accepts no observations.
+    with pytest.raises(ValueError, match="finished"):
+        controller.observe("nurse", np.zeros(2), [1, 1])
+
+
+def test_weights_it_did_not_propose_are_never_certified():
+    controller = AdaptiveController([ConceptTarget("c", HALF)])
+    controller.observe("c", [0.3, -0.3], [5000, 5000])  # perfect balance, but not a planned candidate
+    assert not controller.status("c").converged
+    fresh = AdaptiveController([ConceptTarget("c", HALF)])
+    (proposal,) = fresh.propose()
+    fresh.observe("c", proposal.weights, [5000, 5000])  # the same evidence at the proposed weights
+    assert fresh.status("c").converged
+
+
+def test_propose_is_pure_and_replay_restores_the_state_exactly():
+    rng = np.random.default_rng(0)
+    plants = {
+        "doctor": SoftmaxPlant.from_ratios(rng.dirichlet(np.full(8, 3.0)), scale=0.5, cross=0.3, seed=1),
+        "nurse": SoftmaxPlant.from_ratios([0.9, 0.1], scale=40.0),
+    }
+    concepts = [ConceptTarget("doctor", tuple(np.full(8, 1 / 8))), ConceptTarget("nurse", HALF)]
+    original = AdaptiveController(concepts, budget=30000)
+    sampler = np.random.default_rng(42)
+    for _ in range(6):
+        proposals = original.propose()
+        assert [p.weights.tolist() for p in proposals] == [p.weights.tolist() for p in original.propose()]
+        for p in proposals:
+            counts, n_invalid = plants[p.concept].sample(p.weights, p.n_images, sampler)
+            original.observe(p.concept, p.weights, counts, n_invalid)
+    # What the loop logs, through JSON, and back.
+    config = json.loads(json.dumps(original.to_dict()))
+    log = [json.loads(json.dumps(obs.to_dict())) for obs in original.observations]
+    restored = controller_from_dict(config)
+    for entry in log:
+        obs = Observation.from_dict(entry)
+        restored.observe(obs.concept, obs.weights, obs.counts, obs.n_invalid)
+    assert restored.to_dict() == original.to_dict()
+    # Both continue identically from here.
+    for controller in (original, restored):
+        continuation = np.random.default_rng(7)
+        for _ in range(4):
+            for p in controller.propose():
+                counts, n_invalid = plants[p.concept].sample(p.weights, p.n_images, continuation)
+                controller.observe(p.concept, p.weights, counts, n_invalid)
+    assert [o.to_dict() for o in restored.observations] == [o.to_dict() for o in original.observations]
+    for name in plants:
+        assert restored.status(name).to_dict() == original.status(name).to_dict()
+    replayed = AdaptiveController.replay(config, [o.to_dict() for o in original.observations])
+    assert [p.weights.tolist() for p in replayed.propose()] == [p.weights.tolist() for p in original.propose()]
+
+
+def test_invalid_configuration_and_observations_are_rejected():
+    with pytest.raises(ValueError):
+        ConceptTarget("c", (0.6, 0.6))
+    with pytest.raises(ValueError):
+        ConceptTarget("c", HALF, tolerance=0.5)
+    with pytest.raises(ValueError):
+        AdaptiveController([ConceptTarget("c", HALF), ConceptTarget("c", HALF)])
+    with pytest.raises(ValueError):
+        AdaptiveController([ConceptTarget("c", HALF)], budget=0)
+    controller = AdaptiveController([ConceptTarget("c", HALF)])
+    with pytest.raises(ValueError):
+        controller.observe("c", [0.0, 0.0, 0.0], [1, 2, 3])
+    with pytest.raises(ValueError):
+        controller.observe("c", [0.0, 0.0], [-1, 2])
+    with pytest.raises(KeyError):
+        controller.observe("other", [0.0, 0.0], [1, 2])
