@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 
 from mist_debias.errors import MistError, PromptError
-from mist_debias.solve import EditHyperparameters, LowRankUpdate, layer_factor, shared_factor
+from mist_debias.solve import EditHyperparameters, LowRankUpdate, shared_factor
 from mist_debias.text import PromptEncoder, TokenizedPrompt
 
 Method = Literal["mist", "uce", "time"]
@@ -148,7 +148,18 @@ class EditProblem:
         for (prompt, position), column in columns.items():
             bank[:, column] = states[prompt_row[prompt], position]
         self.bank = bank
-        self.edit_keys = bank[:, torch.cat(self.concept_columns)]
+        self.concept_key_columns = torch.cat(self.concept_columns)
+        self.edit_keys = bank[:, self.concept_key_columns]
+        # per key: its concept, and its attribute columns padded (with the key itself, at weight 0) to J_max
+        max_attributes = max(len(c.attributes) for c in self.concepts)
+        self.key_concept = torch.cat(
+            [torch.full((len(cols),), i, dtype=torch.long) for i, cols in enumerate(self.concept_columns)]
+        )
+        padded = []
+        for c_cols, a_cols in zip(self.concept_columns, self.attribute_columns, strict=True):
+            fill = c_cols[:, None].expand(-1, max_attributes - a_cols.shape[0])
+            padded.append(torch.cat([a_cols.T, fill], dim=1))
+        self.key_attribute_columns = torch.cat(padded)
         if self.preserve_prompts:
             preserve = encoder.encode(list(self.preserve_prompts)).to(torch.float64)
             self.preserve_keys: torch.Tensor | None = preserve.reshape(-1, preserve.shape[-1]).T.contiguous()
@@ -160,41 +171,47 @@ class EditProblem:
         """Number of edit keys k, an upper bound on the rank of every layer's update."""
         return int(self.edit_keys.shape[1])
 
-    def targets(self, weight: torch.Tensor, concept_weights: Sequence[Sequence[float]]) -> torch.Tensor:
-        """``V*`` (m × k) of one projection for per-concept attribute weights."""
-        projected = weight.to(torch.float64) @ self.bank
-        values = []
-        for concept, c_cols, a_cols, w in zip(
-            self.concepts, self.concept_columns, self.attribute_columns, concept_weights, strict=True
-        ):
+    def key_weights(self, concept_weights: Sequence[Sequence[float]]) -> torch.Tensor:
+        """Per-key attribute weights (k × J_max, zero-padded) from per-concept weights."""
+        if len(concept_weights) != len(self.concepts):
+            raise MistError(f"{len(self.concepts)} concepts but {len(concept_weights)} weight vectors")
+        rows = torch.zeros(len(self.concepts), self.key_attribute_columns.shape[1], dtype=torch.float64)
+        for i, (concept, w) in enumerate(zip(self.concepts, concept_weights, strict=True)):
             if len(w) != len(concept.attributes):
                 raise MistError(
                     f"concept {concept.prompt!r} has {len(concept.attributes)} attributes but {len(w)} weights"
                 )
-            values.append(self._concept_targets(projected[:, c_cols], projected[:, a_cols], w))
-        return torch.cat(values, dim=1)
+            rows[i, : len(w)] = torch.tensor([float(x) for x in w], dtype=torch.float64)
+        if not torch.isfinite(rows).all():
+            raise MistError("weights must be finite numbers")
+        return rows[self.key_concept].to(self.bank.device)
 
-    def _concept_targets(self, base: torch.Tensor, attributes: torch.Tensor, w: Sequence[float]) -> torch.Tensor:
-        """Targets of one concept: ``base`` is W c (m × n), ``attributes`` is W g (m × J × n)."""
-        value = base.clone()
-        for j, weight in enumerate(w):
-            direction = attributes[:, j]
-            if self.method == "uce":
-                value = value + weight * direction
-            elif self.method == "time":
-                value = value + weight * (direction - base)
-            else:
-                scale = value.norm(dim=0) if self.mist_form == "running" else base.norm(dim=0)
-                value = value + weight * scale * direction / direction.norm(dim=0)
+    def targets(self, weight: torch.Tensor, concept_weights: Sequence[Sequence[float]]) -> torch.Tensor:
+        """``V*`` (m × k) of one projection for per-concept attribute weights."""
+        return self._targets(weight.to(torch.float64) @ self.bank, self.key_weights(concept_weights))
+
+    def _targets(self, projected: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
+        """Targets from the projected bank ``W B`` (m × columns) and per-key weights (k × J)."""
+        base = projected[:, self.concept_key_columns]
+        attributes = projected[:, self.key_attribute_columns]  # m × k × J
+        if self.method == "uce":
+            return base + (attributes * key_weights).sum(dim=-1)
+        if self.method == "time":
+            return base + ((attributes - base[..., None]) * key_weights).sum(dim=-1)
+        directions = attributes / attributes.norm(dim=0, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        if self.mist_form == "paper":
+            return base + base.norm(dim=0) * (directions * key_weights).sum(dim=-1)
+        value = base
+        for j in range(key_weights.shape[1]):
+            value = value + key_weights[:, j] * value.norm(dim=0) * directions[:, :, j]
         return value
 
     def solve(self, weights: Mapping[str, torch.Tensor], concept_weights: Sequence[Sequence[float]]) -> LowRankUpdate:
         """``W' − W = L R`` for every layer in ``weights`` (the current, possibly compounded, W)."""
-        for w in concept_weights:
-            if not torch.isfinite(torch.tensor([float(x) for x in w], dtype=torch.float64)).all():
-                raise MistError(f"weights must be finite numbers, got {list(w)}")
-        left = {
-            name: layer_factor(w, self.edit_keys, self.targets(w, concept_weights), self.hparams)
-            for name, w in weights.items()
-        }
+        key_weights = self.key_weights(concept_weights)
+        left = {}
+        for name, w in weights.items():
+            projected = w.to(torch.float64) @ self.bank
+            targets = self._targets(projected, key_weights)
+            left[name] = self.hparams.edit_scale * (targets - projected[:, self.concept_key_columns])
         return LowRankUpdate(right=self.right, left=left)
