@@ -126,8 +126,8 @@ class AdaptiveController(Controller):
         growth: float = 4.0,
         max_abs_weight: float = 100.0,
         max_iterations: int = 100,
-        initial_alpha_share: float = 0.1,
-        prior_scale: float = 0.5,
+        initial_alpha_share: float = 0.05,
+        prior_scale: float = 0.25,
         aim_error: float = 0.25,
         misfit_z: float = 3.0,
         first_batch_share: float = 0.25,
@@ -250,25 +250,27 @@ class AdaptiveController(Controller):
 
     # ------------------------------------------------------------------------------ planning
 
-    def _estimate(self, record: _WeightRecord, model: LogitLinearResponse | None) -> np.ndarray:
-        """Best estimate of the true ratios at ``record``.
+    def _estimate(self, record: _WeightRecord, model: LogitLinearResponse | None) -> tuple[np.ndarray, bool]:
+        """Best estimate of the true ratios at ``record``, and whether the model describes it.
 
         The model's prediction (it uses every observation, including this weight's) unless the pooled
         counts here disagree with it by more than ``misfit_z`` standard errors in some cell (the model
         does not describe this weight well), in which case the pooled ratios.
         """
         if model is None:
-            return record.ratios
+            return record.ratios, False
         predicted = model.ratios(record.weights)
         variance = predicted * (1.0 - predicted) / max(record.n, 1) + model.ratio_errors(record.weights) ** 2
         misfit = np.abs(record.ratios - predicted) / np.sqrt(np.maximum(variance, 1e-12))
-        return record.ratios if np.max(misfit) > self.misfit_z else predicted
+        if np.max(misfit) > self.misfit_z:
+            return record.ratios, False
+        return predicted, True
 
     def _dwell_need(self, concept: str, record: _WeightRecord, model: LogitLinearResponse | None) -> float:
         """Images still needed to certify ``record`` if its ratios are as estimated (inf: cannot be)."""
         if record.alpha is None or self._excluded(concept, record):
             return math.inf
-        return self._images_to_certify(concept, self._estimate(record, model), record.alpha, record)
+        return self._images_to_certify(concept, self._estimate(record, model)[0], record.alpha, record)
 
     def _plan(self, concept: str) -> _Plan:
         """What this concept would do next, from its observations so far (cached per observation)."""
@@ -322,7 +324,8 @@ class AdaptiveController(Controller):
         miss = np.abs(predicted - t) + error
         move_need = self._images_to_certify(concept, t + miss, move_alpha)
         change = np.max(np.abs(predicted - model.ratios(current.weights)))
-        if math.isfinite(dwell_need) and (dwell_need <= move_need or change < np.max(error)):
+        consistent = self._estimate(current, model)[1]
+        if math.isfinite(dwell_need) and (dwell_need <= move_need or (consistent and change < np.max(error))):
             # Certifying here is no dearer than a fresh weight, or the move is within the model's
             # own uncertainty (closer than what matters): keep pooling at the weight in hand.
             return _Plan(current.weights, self._round_batch(0.5 * dwell_need), current.alpha, "dwell")

@@ -108,16 +108,28 @@ class LogitLinearResponse:
 
 
 def fit_response(
-    weights, counts, pseudo_count: float = 0.5, cross_penalty: float = 10.0, max_iter: int = 100
+    weights,
+    counts,
+    pseudo_count: float = 0.0,
+    gain_penalty: float = 1e-2,
+    cross_penalty: float = 10.0,
+    offset_penalty: float = 1e-4,
+    max_iter: int = 100,
 ) -> LogitLinearResponse:
     """Fit :class:`LogitLinearResponse` to per-weight pooled counts (rows of ``weights`` and ``counts``).
 
-        Minimises ``−Σ_m Σ_j c̃_mj log r_j(w_m) + μ ‖E ū‖² + 10⁻⁶ (Σ a)²`` over (a, s ≥ 0, E), with
-        ``c̃ = counts + pseudo_count`` and ū the RMS norm of the observed weights (the fit works in that unit,
-        so μ penalises the cross-effects' contribution to the logits); the last term fixes the irrelevant
-        common shift of ``a``. The penalties make the Hessian positive definite. Damped Newton with the exact
-    Hessian; if the unconstrained optimum has s < 0
-        the gain is fixed at 0 and the rest re-solved (for a convex objective that is the constrained optimum).
+    Minimises over θ = (a, s ≥ 0, E), with weights measured in units of ū (the RMS norm of the observed
+    weights, so every penalty acts on contributions to the logits)::
+
+        −Σ_m Σ_j c̃_mj log r_j(w_m) + λ_s s² + μ ‖E‖² + λ_a ‖a‖²,     c̃ = counts + pseudo_count.
+
+    The weak ridge λ_s keeps the gain finite when every batch so far is at 0% or 100% (separable data,
+    where the likelihood alone pushes the gain to infinity) without biasing it once mixed batches exist —
+    unlike pseudo-counts, which would pretend a 0/64 batch at a far weight sits at logit −5. μ keeps the
+    cross-effects small unless the data insist; λ_a fixes the irrelevant common shift of ``a`` and keeps
+    a never-seen cell finite. The penalties make the Hessian positive definite. Damped Newton with the
+    exact Hessian from a fixed start; if the unconstrained optimum has s < 0 the gain is fixed at 0 and
+    the rest re-solved (for a convex objective that is the constrained optimum).
     """
     c = np.asarray(counts, dtype=np.float64) + pseudo_count
     num_cells = c.shape[1]
@@ -129,8 +141,9 @@ def fit_response(
     eye = np.eye(num_cells)
     num_params = jacobians.shape[2]
     penalty = np.zeros((num_params, num_params))
-    penalty[:num_cells, :num_cells] = 1e-6
-    penalty[num_cells + 1 :, num_cells + 1 :] += cross_penalty * np.eye(num_params - num_cells - 1)
+    penalty[:num_cells, :num_cells] = offset_penalty * np.eye(num_cells)
+    penalty[num_cells, num_cells] = gain_penalty
+    penalty[num_cells + 1 :, num_cells + 1 :] = cross_penalty * np.eye(num_params - num_cells - 1)
 
     def objective(theta):
         logits = jacobians @ theta
@@ -146,7 +159,7 @@ def fit_response(
 
     def newton(free):
         theta = np.zeros(num_params)
-        pooled = c.sum(axis=0)
+        pooled = c.sum(axis=0) + 0.5
         theta[:num_cells] = np.log(pooled / pooled.sum())
         value, probs = objective(theta)
         for _ in range(max_iter):
