@@ -140,6 +140,9 @@ class Edit:
     def apply(self, model: DiffusionPipeline | torch.nn.Module, scale: float = 1.0, check: bool = True) -> AppliedEdit:
         """Add ``α L R`` to every edited projection of ``model`` (a pipeline or UNet) in place.
 
+        The product is formed in float32 (in place for float32 weights; float16/bfloat16 weights are updated
+        through a float32 copy and rounded once).
+
         ``check`` verifies the base-model fingerprint first. Returns a handle whose ``revert()`` restores the
         original tensors bit-exactly.
         """
@@ -149,9 +152,12 @@ class Edit:
             weight = projection.module.weight
             originals[projection.name] = weight.detach().clone()
             modules[projection.name] = projection.module
-            compute = torch.float32 if weight.device.type == "mps" else torch.float64
-            delta = self.left[projection.name].to(weight.device, compute) @ self.right.to(weight.device, compute)
-            weight.copy_((weight.to(compute) + scale * delta).to(weight.dtype))
+            left = self.left[projection.name].to(weight.device)
+            right = self.right.to(weight.device)
+            if weight.dtype == torch.float32:
+                weight.addmm_(left, right, alpha=scale)
+            else:
+                weight.copy_(torch.addmm(weight.float(), left, right, alpha=scale).to(weight.dtype))
         return AppliedEdit(originals=originals, modules=modules)
 
     @contextmanager
