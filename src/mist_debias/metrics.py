@@ -17,6 +17,7 @@ import numpy as np
 from scipy import optimize, special, stats
 
 INTERVAL_METHODS = ("wilson", "clopper-pearson")
+_EDGE = 1e-15  # root brackets for the confidence sequence stay this far inside (0, 1)
 
 
 def wilson_interval(successes, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
@@ -222,10 +223,11 @@ def confidence_sequence(
             return _log_beta_mixture_martingale(p, s, total, a, b) - threshold
 
         p_hat = s / total
-        if s > 0:
-            lower[i] = optimize.brentq(excess, 1e-300, p_hat, xtol=1e-14, rtol=1e-12)
-        if s < total:
-            upper[i] = optimize.brentq(excess, p_hat, 1.0 - 1e-16, xtol=1e-14, rtol=1e-12)
+        # Far from the prior the mixture may never reach 1/α: the sequence then extends to 0 or 1.
+        if s > 0 and excess(_EDGE) > 0:
+            lower[i] = optimize.brentq(excess, _EDGE, p_hat, xtol=1e-14, rtol=1e-12)
+        if s < total and excess(1.0 - _EDGE) > 0:
+            upper[i] = optimize.brentq(excess, p_hat, 1.0 - _EDGE, xtol=1e-14, rtol=1e-12)
     shape = np.shape(successes)
     return lower.reshape(shape), upper.reshape(shape)
 

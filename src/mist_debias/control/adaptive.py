@@ -37,10 +37,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 
 from mist_debias.control.base import ConceptStatus, ConceptTarget, Controller, Observation, Proposal
 from mist_debias.control.response import LogitLinearResponse, fit_response, zero_sum_basis
-from mist_debias.metrics import Distribution, simultaneous_alpha, simultaneous_confidence_sequence
+from mist_debias.metrics import (
+    Distribution,
+    confidence_sequence,
+    simultaneous_alpha,
+    simultaneous_confidence_sequence,
+)
 
 _PRIOR_MEAN_FLOOR = 1e-3
 
@@ -272,6 +278,38 @@ class AdaptiveController(Controller):
             return math.inf
         return self._images_to_certify(concept, self._estimate(record, model)[0], record.alpha, record)
 
+    def _bracket(self, concept: str, weights: np.ndarray) -> np.ndarray:
+        """Keep a two-cell proposal inside the bracket that the measurements establish.
+
+        With two cells the zero-sum weights are ``w = x·(1, −1)/√2`` and r₁ rises with x. A weight is a
+        bracket end only when its interval (an anytime-valid one at level ``alpha`` over all its images)
+        excludes the target: below on the low side, above on the high side. A proposal outside the
+        bracket is moved to the midpoint of the bracket when both ends exist, else mirrored to the right
+        side of the one end.
+        """
+        spec = self.concepts[concept]
+        t = spec.target_array[0]
+        direction = zero_sum_basis(2)[:, 0]
+        mean, strength = self._prior(concept)
+        low = high = None
+        for record in self._states[concept].records:
+            if record.n == 0:
+                continue
+            lower, upper = confidence_sequence(record.counts[0], record.n, self.alpha, mean[0], strength[0])
+            x = float(record.weights @ direction)
+            if upper < t:
+                low = x if low is None else max(low, x)
+            elif lower > t:
+                high = x if high is None else min(high, x)
+        x = float(weights @ direction)
+        if low is not None and high is not None and not low < x < high:
+            x = 0.5 * (low + high) if low < high else x
+        elif low is not None and high is None and x <= low:
+            x = 2.0 * low - x
+        elif high is not None and low is None and x >= high:
+            x = 2.0 * high - x
+        return x * direction
+
     def _plan(self, concept: str) -> _Plan:
         """What this concept would do next, from its observations so far (cached per observation)."""
         version = len(self.observations)
@@ -319,9 +357,13 @@ class AdaptiveController(Controller):
         if np.max(np.abs(weights)) > self.max_abs_weight:
             weights *= self.max_abs_weight / np.max(np.abs(weights))
             limited = True
+        if spec.num_cells == 2:
+            bracketed = self._bracket(concept, weights)
+            if not _same_weights(bracketed, weights):
+                weights, limited = bracketed, True
         predicted, error = model.ratios(weights), model.ratio_errors(weights)
-        # Expected miss of the aimed weight: its predicted offset plus one standard error.
-        miss = np.abs(predicted - t) + error
+        # Likely miss of the aimed weight: its predicted offset plus the typical largest error over K cells.
+        miss = np.abs(predicted - t) + stats.norm.ppf(1.0 - 0.25 / spec.num_cells) * error
         move_need = self._images_to_certify(concept, t + miss, move_alpha)
         change = np.max(np.abs(predicted - model.ratios(current.weights)))
         consistent = self._estimate(current, model)[1]
