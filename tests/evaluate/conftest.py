@@ -45,7 +45,13 @@ class StripeClassifier:
         return CellPredictions(probs=np.where(valid[:, None], probs, 0.0), valid=valid)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session")
+def stripes() -> type[StripeClassifier]:
+    """The stand-in classifier class (call it for a fresh instance)."""
+    return StripeClassifier
+
+
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread: the tiny UNet is far faster so on a shared two-core machine, and runs match the
     one-thread processes that ``torchrun`` starts."""

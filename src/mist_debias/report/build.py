@@ -13,7 +13,7 @@ from PIL import Image
 from mist_debias import __version__
 from mist_debias.atomic import atomic_file
 from mist_debias.report import html
-from mist_debias.report.plots import Series, deviation_chart, distribution_chart, heatmap_chart, trajectory_chart
+from mist_debias.report.plots import Panel, Series, deviation_chart, distribution_chart, heatmap_chart, trajectory_chart
 from mist_debias.report.sources import EvaluationSource, RunSource, number, read_source
 
 
@@ -148,26 +148,25 @@ def evaluation_sections(source: EvaluationSource, anchor: str, grid_images: int)
     for concept in concepts:
         body = []
         series = [_series(model, entries[(concept, model)]["joint"]) for model in models if (concept, model) in entries]
-        body.append(
-            html.figure(distribution_chart(cells, series, target, f"{concept}: joint cell distribution"), concept)
-        )
+        body.append(html.figure(distribution_chart([Panel(f"{concept}: joint", cells, series, target)]), concept))
         if len(axes) >= 2:
             body.append(html.figure(heatmap_chart(axes, series, target, f"{concept}: intersectional ratios"), concept))
-            for name, values in axes:
-                marginal = [
-                    _series(model, entries[(concept, model)]["marginals"][name])
-                    for model in models
-                    if name in (entries.get((concept, model)) or {}).get("marginals", {})
-                ]
-                if marginal:
-                    m_target = [
-                        number(t) for t in marginal and entries[(concept, models[0])]["marginals"][name]["target"]
-                    ]
-                    body.append(html.figure(distribution_chart(values, marginal, m_target, f"{concept}: {name}"), name))
+            panels = [_marginal_panel(concept, name, values, models, entries) for name, values in axes]
+            body.append(html.figure(distribution_chart([p for p in panels if p.series]), f"{concept} marginals"))
         if grid_images > 0 and source.rows:
             body.append(_image_grid(source, concept, models, grid_images))
         sections.append((f"{anchor}-{_slug(concept)}", f"Concept: {concept}", "".join(body)))
     return sections
+
+
+def _marginal_panel(concept: str, axis: str, values: list[str], models: list[str], entries: dict) -> Panel:
+    found = [
+        (model, entries[(concept, model)]["marginals"][axis])
+        for model in models
+        if axis in entries.get((concept, model), {}).get("marginals", {})
+    ]
+    target = [number(t) for t in found[0][1].get("target") or []] if found else []
+    return Panel(f"marginal: {axis}", values, [_series(m, d) for m, d in found], target)
 
 
 def _variant_line(name: str, variant: dict) -> str:
@@ -360,7 +359,9 @@ def _run_concept(source: RunSource, concept: dict) -> str:
     body = []
     if series and len(target) == len(cells):
         body.append(
-            html.figure(distribution_chart(cells, series, target, f"{concept['name']}: before and after"), "bars")
+            html.figure(
+                distribution_chart([Panel(f"{concept['name']}: before and after", cells, series, target)]), "bars"
+            )
         )
         axes = source.axes(concept["name"])
         if len(axes) >= 2 and math.prod(len(v) for _, v in axes) == len(cells):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 DPI = 100
@@ -41,14 +42,37 @@ def _short(label: str, width: int = 18) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
-def distribution_chart(cells: Sequence[str], series: Sequence[Series], target: Sequence[float], title: str) -> bytes:
-    """Grouped bars of each series' cell ratios with interval error bars; the target as black ticks."""
-    k = len(cells)
-    width = 0.8 / max(len(series), 1)
-    figure = Figure(figsize=(min(2.0 + 0.9 * k * max(len(series), 1) * 0.6, 14.0), 3.4))
-    ax = figure.add_subplot()
+@dataclass(frozen=True)
+class Panel:
+    """One bar panel: its title, cell labels, the series to compare and the target."""
+
+    title: str
+    cells: Sequence[str]
+    series: Sequence[Series]
+    target: Sequence[float]
+
+
+def distribution_chart(panels: Sequence[Panel]) -> bytes:
+    """Side-by-side panels of grouped bars (one bar per series and cell) with interval error bars and the
+    target as dashed ticks; one legend above."""
+    widths = [max(len(panel.cells) * max(len(panel.series), 1) * 0.55 + 1.0, 2.6) for panel in panels]
+    figure = Figure(figsize=(min(sum(widths) + 0.8, 15.0), 3.6), layout="constrained")
+    grid = figure.add_gridspec(1, len(panels), width_ratios=widths)
+    for index, panel in enumerate(panels):
+        ax = figure.add_subplot(grid[0, index])
+        _bars(ax, panel)
+        if index == 0:
+            ax.set_ylabel("fraction of images")
+            handles, labels = ax.get_legend_handles_labels()
+            figure.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6), fontsize=8)
+    return to_png(figure)
+
+
+def _bars(ax, panel: Panel) -> None:
+    k = len(panel.cells)
+    width = 0.8 / max(len(panel.series), 1)
     x = np.arange(k)
-    for s, item in enumerate(series):
+    for s, item in enumerate(panel.series):
         ratios = np.asarray(item.ratios, dtype=np.float64)
         offsets = x - 0.4 + width * (s + 0.5)
         error = None
@@ -57,14 +81,12 @@ def distribution_chart(cells: Sequence[str], series: Sequence[Series], target: S
             upper = np.asarray(item.upper, dtype=np.float64)
             error = np.vstack([np.clip(ratios - lower, 0, None), np.clip(upper - ratios, 0, None)])
         ax.bar(offsets, ratios, width * 0.92, yerr=error, capsize=3, label=item.label, color=PALETTE[s % len(PALETTE)])
-    ax.hlines(target, x - 0.45, x + 0.45, colors="black", linestyles="--", linewidth=1.2, label="target")
-    ax.set_xticks(x, [_short(c) for c in cells], rotation=30 if k > 4 else 0, ha="right" if k > 4 else "center")
+    ax.hlines(panel.target, x - 0.45, x + 0.45, colors="black", linestyles="--", linewidth=1.2, label="target")
+    rotate = k > 4 or max((len(c) for c in panel.cells), default=0) > 12
+    ax.set_xticks(x, [_short(c) for c in panel.cells], rotation=30 if rotate else 0, ha="right" if rotate else "center")
     ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of images")
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncols=min(len(series) + 1, 4), loc="upper right")
+    ax.set_title(panel.title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    return to_png(figure)
 
 
 def heatmap_chart(
@@ -76,7 +98,9 @@ def heatmap_chart(
     columns = math.prod(len(values) for _, values in axes[1:])
     column_labels = [" · ".join(combo) for combo in _product([values for _, values in axes[1:]])]
     t = np.asarray(target, dtype=np.float64).reshape(rows, columns)
-    figure = Figure(figsize=(min(1.2 + 0.75 * columns * len(series), 15.0), 0.9 + 0.45 * rows + 0.5))
+    figure = Figure(
+        figsize=(min(1.6 + 0.75 * columns * len(series), 15.0), 1.4 + 0.45 * rows + 0.5), layout="constrained"
+    )
     limit = max(
         [float(np.nanmax(np.abs(np.asarray(s.ratios, dtype=np.float64) - np.asarray(target)))) for s in series] + [0.05]
     )
@@ -88,7 +112,8 @@ def heatmap_chart(
         for i in range(rows):
             for j in range(columns):
                 text = "–" if math.isnan(r[i, j]) else f"{100 * r[i, j]:.0f}%"
-                ax.text(j, i, text, ha="center", va="center", fontsize=8)
+                strong = not math.isnan(r[i, j]) and abs(r[i, j] - t[i, j]) > 0.6 * limit
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if strong else "black")
         ax.set_xticks(range(columns), [_short(c, 14) for c in column_labels], rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(rows), axes[0][1] if index == 0 else [""] * rows, fontsize=8)
         ax.set_title(item.label, fontsize=9)
@@ -113,7 +138,7 @@ def deviation_chart(concepts: Sequence[str], series: Sequence[Series], title: st
         values = np.asarray(item.ratios, dtype=np.float64)
         ax.barh(y - 0.4 + height * (s + 0.5), values, height * 0.92, label=item.label, color=PALETTE[s % len(PALETTE)])
     if tolerance is not None:
-        ax.axvline(tolerance, color="black", linestyle="--", linewidth=1, label=f"tolerance {tolerance:g}")
+        ax.axvline(tolerance, color="black", linestyle="--", linewidth=1, label=f"tolerance (Δ = {tolerance:.3g})")
     ax.set_yticks(y, [_short(c, 24) for c in concepts])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -154,6 +179,7 @@ def trajectory_chart(
     right.set_title("edit weights per iteration")
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.legend(fontsize=7, loc="best")
     figure.suptitle(title, fontsize=10)
     return to_png(figure)
