@@ -16,6 +16,7 @@ import numpy as np
 
 from mist_debias.control import AdaptiveController, ConceptTarget, OfficialController
 from mist_debias.control.simulate import SoftmaxPlant, simulate
+from mist_debias.metrics import confidence_sequence, wilson_interval
 
 FRESH_IMAGES = 2000
 
@@ -37,6 +38,25 @@ def benchmark_plants() -> dict[str, tuple[SoftmaxPlant, tuple[float, ...]]]:
             tuple(np.full(8, 1 / 8)),
         ),
     }
+
+
+def certificate_floor(target: float, tolerance: float = 0.05, alpha: float = 0.05) -> tuple[int, int]:
+    """Images a certificate needs when the ratio is exactly on target (the best any search can do):
+    (anytime-valid confidence sequence as the adaptive controller uses it, fixed-n Wilson looked at once)."""
+    strength = target * (1 - target) / (0.25 * tolerance) ** 2
+    floors = []
+    for interval in (
+        lambda n: confidence_sequence(target * n, n, alpha, target, strength),
+        lambda n: wilson_interval(target * n, n, alpha),
+    ):
+        n = 10
+        while True:
+            lower, upper = interval(n)
+            if lower >= target - tolerance and upper <= target + tolerance:
+                break
+            n += 1
+        floors.append(n)
+    return floors[0], floors[1]
 
 
 def run(controller_name: str, plant: SoftmaxPlant, target, seed: int, budget: int) -> dict:
@@ -69,6 +89,8 @@ def main() -> None:
         f"{'true ok':>8s} {'|r−t| true med':>14s} {'max':>6s} {'fresh med':>10s} {'time/run':>9s}"
     )
     print(f"{args.replicates} replicates per row; tolerance 0.05; fresh check: {FRESH_IMAGES} new images")
+    anytime, fixed = certificate_floor(0.5)
+    print(f"floor at exactly 50/50: {anytime} images (anytime-valid, α = 0.05), {fixed} (fixed-n Wilson, one look)")
     print(header)
     for name, (plant, target) in benchmark_plants().items():
         medians = {}

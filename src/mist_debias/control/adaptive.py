@@ -9,25 +9,30 @@ Each concept runs this loop:
 2. **Probe** once along ``t − r̂₀`` with ``max_j |w_j| = initial_step``; the response scale is unknown.
 3. **Model** the ratios as ``softmax(a + s·w + E Qᵀ w)`` fitted by penalised likelihood to *all*
    observations (:mod:`mist_debias.control.response`): a batch of 64 images is weighed as 64 images, not
-   treated as exact, and no bracket collapses on one noisy point. The next weight solves the model for the
+   treated as exact, and nothing collapses on one noisy point. The next weight solves the model for the
    target, inside a trust region of ``growth`` × the span of weights tried so far; this finds the weight
-   scale by expansion when the response is weak and by interpolation when a step overshot.
-4. **Dwell or move.** The weight in hand is kept (its images pool exactly) while the images still needed
-   to certify it are no more than a fresh, well-aimed weight would need; otherwise the controller moves.
-   A move the model predicts to change no ratio by more than the aim error is not made: weights closer
-   than what matters are the same weight. Batches grow from ``n_min`` while exploring to a share of the
-   images the certificate still needs while dwelling.
+   scale by expansion when the response is weak and by interpolation when a step overshot. With two
+   cells the proposal also stays inside the bracket of weights whose intervals exclude the target (a
+   weight becomes a bracket end only when its interval lies wholly on one side).
+4. **Aim, dwell or move.** A fresh weight becomes a certification candidate when the model expects it
+   to land within ``candidate_miss · ε`` of the target (predicted offset plus the typical largest of the K
+   cells' standard errors); otherwise it is exploration, sampled with ``n_min`` images. The weight in
+   hand is kept (its images pool exactly) while the images still needed to certify it are no more than
+   a fresh aimed weight would need, or while the model's next step would change no ratio by more than the
+   model's own uncertainty (weights closer than what matters are the same weight). Batches grow from
+   ``n_min`` while exploring to half the images the certificate still needs while dwelling.
 5. **Certify.** After every batch the weight in hand is checked with an anytime-valid confidence sequence
    (:func:`mist_debias.metrics.simultaneous_confidence_sequence`, running intersection); the concept
    converges, and is frozen, when every cell's interval lies inside ``[t_j − ε, t_j + ε]``.
 
 Honesty of the certificate. Looking after every batch is covered by the confidence sequence. Looking at
 *several weights* is covered by spending α across them: a weight is a certification candidate only if it
-was chosen so before any image was drawn at it (from earlier data), and the m-th candidate gets
+was made one before any of its certifying images were drawn (decided from earlier data; images drawn at
+a weight before it became a candidate feed the model, not the certificate), and the m-th candidate gets
 ``α_m = α (1 − ρ) / (m (m + 1))`` (Σ_m α_m = α (1 − ρ)); the unedited weight gets ``ρ α``. By the
-union bound over candidates and cells, P(some concept is declared converged while a cell's true ratio is
-outside the tolerance) ≤ α per concept. Exploration weights (probes, trust-region-limited steps, steps
-aimed from far away) are not candidates and spend nothing.
+union bound over candidates and cells, P(a concept is declared converged while a cell's true ratio is
+outside the tolerance) ≤ α per concept. Exploration weights spend nothing. The guarantee is about the
+plant as measured: the classifier's counts at fixed weights are i.i.d. draws.
 """
 
 from __future__ import annotations
@@ -110,11 +115,12 @@ class AdaptiveController(Controller):
     the probe's largest |w_j|; ``growth`` — trust-region factor; ``max_abs_weight`` — weights never exceed
     it; ``max_iterations`` — batches per concept; ``initial_alpha_share`` — ρ, the α share of the
     unedited weight; ``prior_scale`` — spread of the confidence sequence's mixing prior in units of ε
-    (where the sequence is tightest); ``aim_error`` — in units of ε, the error assumed for a fresh aimed
-    weight; ``near`` — in units of ε, how close the model must already see data to the target before an
-    aimed weight becomes a candidate; ``model_images`` — how many images' worth of weight the model's
-    prediction gets beside the pooled counts when judging the weight in hand; ``cross_penalty`` — ridge
-    on the model's cross-effects.
+    (where the sequence is tightest); ``aim_error`` — in units of ε, the miss assumed for a fresh weight
+    before any model exists; ``misfit_z`` — pooled counts further than this many standard errors from the
+    model's prediction overrule it; ``first_batch_share``/``first_batch_max`` — a new candidate's first
+    batch is this share of the images it is expected to need, at most ``first_batch_max``;
+    ``candidate_miss`` — in units of ε, the largest expected miss for which a fresh weight becomes a
+    candidate; ``cross_penalty`` — ridge on the model's cross-effects.
     """
 
     name = "adaptive"

@@ -13,7 +13,7 @@ increment, i.e. a measurement of the unedited model (a MIST edit with all weight
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +28,6 @@ class _OfficialState:
     last_counts: np.ndarray | None = None
     last_invalid: int = 0
     converged: bool = False
-    history: list[np.ndarray] = field(default_factory=list)
 
 
 class OfficialController(Controller):
