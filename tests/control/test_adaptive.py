@@ -28,7 +28,7 @@ def test_certificate_is_honest_over_many_runs(plants):
     tolerance, and whose certificate intervals contain the true ratios. Both must be ≥ 95%."""
     certified = within = covered = 0
     for name, plant in plants.items():
-        for seed in range(25):
+        for seed in range(20):
             controller = AdaptiveController([ConceptTarget(name, HALF)])
             result = simulate(controller, {name: plant}, seed=100 + seed)
             status = controller.status(name)
@@ -41,7 +41,7 @@ def test_certificate_is_honest_over_many_runs(plants):
                 (np.array(status.certificate_lower) <= true_ratios)
                 & (true_ratios <= np.array(status.certificate_upper))
             )
-    assert certified >= 70, f"only {certified}/75 runs converged"
+    assert certified >= 57, f"only {certified}/60 runs converged"
     assert within / certified >= 0.95, f"true ratio within tolerance in {within}/{certified}"
     assert covered / certified >= 0.95, f"certificate covered the truth in {covered}/{certified}"
 
@@ -53,10 +53,10 @@ def test_never_certifies_a_concept_that_cannot_reach_the_tolerance():
     plant = SoftmaxPlant.from_ratios([0.555, 0.445], scale=0.0)
     false_certificates = 0
     for seed in range(20):
-        controller = AdaptiveController([ConceptTarget("stuck", HALF)], budget=2500)
+        controller = AdaptiveController([ConceptTarget("stuck", HALF)], budget=2000)
         simulate(controller, {"stuck": plant}, seed=seed)
         status = controller.status("stuck")
-        assert status.images_used <= 2500
+        assert status.images_used <= 2000
         false_certificates += status.converged
     assert false_certificates <= 2
 
