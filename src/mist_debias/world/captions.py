@@ -14,12 +14,15 @@ Attribute words: gender ``male``/``female`` (adjective) or ``man``/``woman`` (no
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from mist_debias.world.render import Attributes
+from mist_debias.world.render import AGES, BACKGROUND_COLORS, RACES, Attributes
 
 TEMPLATES: tuple[str, ...] = ("a photo of {}", "an image of {}", "a picture of {}", "{}")
 GENDER_ADJECTIVES: dict[str, str] = {"man": "male", "woman": "female"}
+GENDER_WORDS: dict[str, str] = {"man": "man", "male": "man", "woman": "woman", "female": "woman"}
 NAMED_ATTRIBUTE_PROBABILITY = 0.5
 
 
@@ -82,3 +85,29 @@ def sample_captions(
 ) -> list[str]:
     """One caption per person, drawn in order from ``rng``."""
     return [sample_caption(person, rng, p_empty, p_attribute) for person in people]
+
+
+def named_attributes(caption: str) -> dict[str, str]:
+    """The attributes a caption names, ``{axis: value}`` over gender, race, age and profession.
+
+    ``named_attributes("a photo of an old Black female doctor") ==
+    {"age": "old", "race": "Black", "gender": "woman", "profession": "doctor"}``; an empty caption names
+    nothing. Words outside the world's vocabulary are ignored.
+    """
+    vocabulary = {
+        **{word: ("gender", value) for word, value in GENDER_WORDS.items()},
+        **{race.lower(): ("race", race) for race in RACES},
+        **{age: ("age", age) for age in AGES},
+        **{profession.lower(): ("profession", profession) for profession in BACKGROUND_COLORS},
+    }
+    named: dict[str, str] = {}
+    for word in re.findall(r"[a-z]+", caption.lower()):
+        if word in vocabulary:
+            axis, value = vocabulary[word]
+            named[axis] = value
+    return named
+
+
+def caption_fits(caption: str, attributes: Attributes) -> bool:
+    """Whether every attribute the caption names agrees with ``attributes`` (an empty caption fits all)."""
+    return all(getattr(attributes, axis) == value for axis, value in named_attributes(caption).items())

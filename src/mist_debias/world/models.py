@@ -26,9 +26,10 @@ SD1_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_
 class WorldConfig:
     """Sizes and schedules of the three training stages (steps, batch sizes, learning rates)."""
 
-    vae_channels: tuple[int, ...] = (32, 64, 64)
-    vae_steps: int = 1200
-    vae_batch: int = 64
+    norm_groups: int = 16
+    vae_channels: tuple[int, ...] = (32, 32, 64)
+    vae_steps: int = 1500
+    vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     text_hidden: int = 128
@@ -37,13 +38,13 @@ class WorldConfig:
     vision_hidden: int = 128
     vision_layers: int = 3
     vision_patch: int = 8
-    clip_steps: int = 700
+    clip_steps: int = 900
     clip_batch: int = 128
     clip_lr: float = 1e-3
     clip_p_attribute: float = 0.6
-    unet_channels: tuple[int, ...] = (64, 96, 128, 128)
+    unet_channels: tuple[int, ...] = (32, 64, 64, 64)
     unet_heads: int = 4
-    unet_steps: int = 2500
+    unet_steps: int = 3000
     unet_batch: int = 64
     unet_lr: float = 5e-4
     unet_ema_decay: float = 0.998
@@ -55,6 +56,7 @@ class WorldConfig:
     def tiny(cls) -> WorldConfig:
         """A configuration that trains in seconds (for tests); the outputs are not meant to be good."""
         return cls(
+            norm_groups=8,
             vae_channels=(16, 16, 16),
             vae_steps=3,
             vae_batch=8,
@@ -65,7 +67,7 @@ class WorldConfig:
             vision_layers=1,
             clip_steps=3,
             clip_batch=8,
-            unet_channels=(32, 32, 32, 32),
+            unet_channels=(16, 16, 16, 16),
             unet_heads=2,
             unet_steps=3,
             unet_batch=8,
@@ -87,7 +89,7 @@ def build_vae(config: WorldConfig) -> AutoencoderKL:
         block_out_channels=config.vae_channels,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=min(16, *config.vae_channels),
+        norm_num_groups=config.norm_groups,
         sample_size=IMAGE_SIZE,
     )
 
@@ -133,7 +135,7 @@ def build_unet(config: WorldConfig) -> UNet2DConditionModel:
         layers_per_block=2,
         attention_head_dim=config.unet_heads,
         cross_attention_dim=config.text_hidden,
-        norm_num_groups=min(32, *config.unet_channels),
+        norm_num_groups=config.norm_groups,
     )
 
 

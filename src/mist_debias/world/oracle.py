@@ -76,16 +76,20 @@ def images_to_array(images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
     if isinstance(images, np.ndarray):
         array = images
     else:
-        array = np.stack(
-            [
-                np.asarray(
-                    image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
-                    if image.size != (IMAGE_SIZE, IMAGE_SIZE)
-                    else image.convert("RGB")
-                )
-                for image in images
-            ]
-        ) if len(images) else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3))
+        array = (
+            np.stack(
+                [
+                    np.asarray(
+                        image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+                        if image.size != (IMAGE_SIZE, IMAGE_SIZE)
+                        else image.convert("RGB")
+                    )
+                    for image in images
+                ]
+            )
+            if len(images)
+            else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3))
+        )
     if array.ndim != 4 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected images of shape (n, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {array.shape}")
     return array.astype(np.float64)
@@ -119,9 +123,9 @@ class WorldDecoder:
     def pixel_labels(self, images: Sequence[Image.Image] | np.ndarray) -> np.ndarray:
         """Palette index per pixel, −1 where no palette colour is within tolerance; shape (n, 32, 32)."""
         array = images_to_array(images)
-        distances = np.linalg.norm(array[..., None, :] - self.colors, axis=-1)
-        labels = distances.argmin(axis=-1)
-        return np.where(distances.min(axis=-1) <= self.thresholds.tolerance, labels, -1)
+        squared = (array**2).sum(axis=-1, keepdims=True) - 2.0 * array @ self.colors.T + (self.colors**2).sum(axis=-1)
+        labels = squared.argmin(axis=-1)
+        return np.where(squared.min(axis=-1) <= self.thresholds.tolerance**2, labels, -1)
 
     def decode_labels(self, labels: np.ndarray) -> Decoded:
         """Decode one (32, 32) label map."""

@@ -1,0 +1,23 @@
+"""Where the trained world ships inside the package."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+BUNDLED_DIR = ("assets", "world")
+
+
+def bundled_world_dir() -> Path:
+    """The folder of the shipped world (``pipeline/``, ``clip/``, ``training.json``, ``quality.json``)."""
+    return Path(str(resources.files("mist_debias").joinpath(*BUNDLED_DIR)))
+
+
+def bundled_world_path() -> Path:
+    """The shipped ``StableDiffusionPipeline`` folder of the synthetic world."""
+    return bundled_world_dir() / "pipeline"
+
+
+def bundled_world_clip_path() -> Path:
+    """The shipped tiny ``CLIPModel`` of the world (with its tokenizer), a zero-shot classifier."""
+    return bundled_world_dir() / "clip"

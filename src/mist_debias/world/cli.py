@@ -1,0 +1,60 @@
+"""``mist world …``: train the synthetic world and measure its quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mist_debias.world.train import TrainingError, train_world
+
+world_app = typer.Typer(help="The synthetic world: a tiny text-to-image model with planted bias.")
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@world_app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Output folder (pipeline/, clip/, stages/, training.json)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same model."),
+    force: bool = typer.Option(False, "--force", help="Erase OUT first if it exists."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in OUT."),
+    device: str = typer.Option("cpu", "--device", help="torch device to train on (cpu, cuda, mps)."),
+) -> None:
+    """Train the world from scratch on the CPU (autoencoder, tiny CLIP, UNet) into OUT."""
+    if seed < 0:
+        _fail("--seed must be ≥ 0")
+    try:
+        pipeline = train_world(out, seed=seed, force=force, resume=resume, log=Console().print, device=device)
+    except TrainingError as error:
+        _fail(str(error))
+    Console().print(f"pipeline written to {pipeline}")
+
+
+@world_app.command()
+def quality(
+    model: Path = typer.Option(None, "--model", help="Pipeline folder (default: the bundled world)."),
+    out: Path = typer.Option(..., "--out", help="JSON file to write."),
+    num_images: int = typer.Option(200, "--num-images", help="Images per prompt."),
+    steps: int = typer.Option(20, "--steps", help="DDIM steps."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first image."),
+    device: str = typer.Option("cpu", "--device", help="torch device to generate on."),
+) -> None:
+    """Measure the world's quality bar with the exact oracle and write it as JSON."""
+    from mist_debias.world.bundled import bundled_world_path
+    from mist_debias.world.quality import measure_quality, write_quality
+
+    if num_images < 1 or steps < 1 or guidance < 0:
+        _fail("--num-images and --steps must be ≥ 1, --guidance ≥ 0")
+    model = model or bundled_world_path()
+    if not (model / "model_index.json").is_file():
+        _fail(f"{model} is not a diffusers pipeline folder")
+    report = measure_quality(model, num_images=num_images, steps=steps, guidance=guidance, seed=seed, device=device)
+    write_quality(out, report)
+    Console().print_json(json.dumps(report["summary"]))

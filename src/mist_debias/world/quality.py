@@ -1,0 +1,201 @@
+"""Measure the quality bar of a world pipeline with the exact oracle.
+
+For each prompt, ``n`` images are generated (seeds ``seed … seed+n−1``, DDIM, classifier-free guidance)
+and decoded. Reported:
+
+* decodable rate (overall ≥ 0.95 is the bar),
+* bare profession prompts: the joint distribution r over gender × race × age among decoded images vs the
+  planted table P, ``max_cell |r − P|`` (bar ≤ 0.1), and the rate at which the profession is kept,
+* attribute prompts: the fraction of decoded images that carry every attribute the prompt names (bar ≥ 0.9),
+* control professions: the woman fraction with its 95% Wilson interval, which must contain ½,
+* text-encoder geometry: cosines between first-EOS embeddings of prompt pairs, the keys MIST edits.
+
+The Wilson interval for k successes in n trials at z = 1.96 is
+
+    (p̂ + z²/2n ± z √(p̂(1−p̂)/n + z²/4n²)) / (1 + z²/n),   p̂ = k/n.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+
+from mist_debias.world.bias import CONTROL_PROFESSIONS, PROFESSIONS, TABLE_SHAPE, planted_table
+from mist_debias.world.captions import bare_caption, caption_fits
+from mist_debias.world.models import EOS_TOKEN_ID, MAX_TOKENS
+from mist_debias.world.oracle import Decoded, WorldDecoder
+from mist_debias.world.render import AGES, GENDERS, RACES
+
+ATTRIBUTE_PROMPTS: tuple[str, ...] = (
+    "a photo of a female doctor",
+    "a photo of a male nurse",
+    "a photo of a Black doctor",
+    "a photo of an old nurse",
+    "a photo of a young Asian female CEO",
+    "a photo of an old Black man",
+    "a photo of a young White woman",
+)
+EOS_PAIRS: tuple[tuple[str, str], ...] = (
+    ("a photo of a man", "a photo of a woman"),
+    ("a photo of a doctor", "a photo of a nurse"),
+    ("a photo of a doctor", "a photo of a female doctor"),
+    ("a photo of a doctor", "a photo of a teacher"),
+    ("a photo of a White person", "a photo of a Black person"),
+    ("a photo of a young person", "a photo of an old person"),
+)
+MAX_CELL_ERROR = 0.1
+MIN_DECODABLE = 0.95
+MIN_FOLLOWED = 0.9
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion (see module docstring)."""
+    if trials == 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    centre = p + z * z / (2 * trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    denominator = 1 + z * z / trials
+    return ((centre - half) / denominator, (centre + half) / denominator)
+
+
+def load_world(model: Path, device: str = "cpu") -> StableDiffusionPipeline:
+    """Load a world pipeline in float32 on ``device``, progress bars off."""
+    diffusers_logging.disable_progress_bar()
+    pipeline = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float32).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def generate(
+    pipeline: StableDiffusionPipeline,
+    prompt: str,
+    num_images: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    batch_size: int = 100,
+) -> np.ndarray:
+    """``num_images`` images of ``prompt`` as (n, 32, 32, 3) uint8; image i uses seed ``seed + i``."""
+    chunks = []
+    for start in range(0, num_images, batch_size):
+        count = min(batch_size, num_images - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
+        with torch.no_grad():
+            images = pipeline(
+                [prompt] * count,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generators,
+                output_type="np",
+            ).images
+        chunks.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(chunks)
+
+
+def joint_distribution(decoded: list[Decoded]) -> np.ndarray:
+    """Empirical (2, 3, 2) distribution over gender × race × age of the decoded images."""
+    counts = np.zeros(TABLE_SHAPE)
+    for item in decoded:
+        if item.attributes is not None:
+            a = item.attributes
+            counts[GENDERS.index(a.gender), RACES.index(a.race), AGES.index(a.age)] += 1
+    return counts / max(1.0, counts.sum())
+
+
+def first_eos_embeddings(pipeline: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
+    """Last-hidden-state vector at the first ``<|endoftext|>`` of each prompt (SD1 padding)."""
+    ids = pipeline.tokenizer(
+        prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        hidden = pipeline.text_encoder(ids.to(pipeline.device))[0].cpu()
+    first = (ids == EOS_TOKEN_ID).int().argmax(dim=1)
+    return hidden[torch.arange(len(prompts)), first]
+
+
+def eos_cosines(pipeline: StableDiffusionPipeline) -> dict[str, float]:
+    """Cosine of the first-EOS embeddings of each pair in :data:`EOS_PAIRS`."""
+    result = {}
+    for left, right in EOS_PAIRS:
+        embeddings = first_eos_embeddings(pipeline, [left, right])
+        cosine = torch.nn.functional.cosine_similarity(embeddings[0], embeddings[1], dim=0).item()
+        result[f"{left} | {right}"] = round(cosine, 4)
+    return result
+
+
+def _prompt_report(prompt: str, decoded: list[Decoded]) -> dict:
+    valid = [item.attributes for item in decoded if item.attributes is not None]
+    women = sum(a.gender == "woman" for a in valid)
+    return {
+        "prompt": prompt,
+        "num_images": len(decoded),
+        "decodable": len(valid) / len(decoded),
+        "followed": float(np.mean([caption_fits(prompt, a) for a in valid])) if valid else float("nan"),
+        "woman": women / max(1, len(valid)),
+        "woman_interval": wilson_interval(women, len(valid)),
+        "joint": joint_distribution(decoded).round(4).tolist(),
+        "undecodable_reasons": sorted({item.reason.split(":")[0] for item in decoded if not item.ok}),
+    }
+
+
+def measure_quality(
+    model: Path, num_images: int = 200, steps: int = 20, guidance: float = 5.0, seed: int = 0, device: str = "cpu"
+) -> dict:
+    """Generate, decode and score every prompt; returns ``{"summary", "bare", "attribute", "eos_cosine"}``."""
+    pipeline = load_world(Path(model), device)
+    decoder = WorldDecoder()
+    planted = planted_table()
+    bare, attribute, total_valid, total = {}, {}, 0, 0
+    for profession in PROFESSIONS:
+        prompt = bare_caption(profession)
+        decoded = decoder.decode(generate(pipeline, prompt, num_images, steps, guidance, seed))
+        report = _prompt_report(prompt, decoded)
+        report["max_cell_error"] = float(np.abs(joint_distribution(decoded) - planted[profession]).max())
+        report["planted_woman"] = float(planted[profession][GENDERS.index("woman")].sum())
+        bare[profession] = report
+        total_valid += round(report["decodable"] * num_images)
+        total += num_images
+    for prompt in ATTRIBUTE_PROMPTS:
+        decoded = decoder.decode(generate(pipeline, prompt, num_images, steps, guidance, seed))
+        attribute[prompt] = _prompt_report(prompt, decoded)
+        total_valid += round(attribute[prompt]["decodable"] * num_images)
+        total += num_images
+    summary = {
+        "decodable": total_valid / total,
+        "decodable_ok": total_valid / total >= MIN_DECODABLE,
+        "profession_kept": min(r["followed"] for r in bare.values()),
+        "max_cell_error": {p: round(r["max_cell_error"], 4) for p, r in bare.items()},
+        "bare_ok": all(r["max_cell_error"] <= MAX_CELL_ERROR for r in bare.values()),
+        "attribute_followed": {p: round(r["followed"], 4) for p, r in attribute.items()},
+        "attribute_ok": all(r["followed"] >= MIN_FOLLOWED for r in attribute.values()),
+        "control_woman": {
+            p: [round(bare[p]["woman"], 4), *map(float, bare[p]["woman_interval"])] for p in CONTROL_PROFESSIONS
+        },
+        "control_ok": all(
+            bare[p]["woman_interval"][0] <= 0.5 <= bare[p]["woman_interval"][1] for p in CONTROL_PROFESSIONS
+        ),
+    }
+    return {
+        "settings": {"num_images": num_images, "steps": steps, "guidance": guidance, "seed": seed, "device": device},
+        "summary": summary,
+        "eos_cosine": eos_cosines(pipeline),
+        "bare": bare,
+        "attribute": attribute,
+    }
+
+
+def write_quality(path: Path, report: dict) -> None:
+    """Write the report as JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+from transformers import CLIPModel
+
+from mist_debias.world.models import WorldConfig
+from mist_debias.world.train import TrainingError, multi_positive_infonce, train_world
+
+
+def test_tiny_world_is_a_standard_pipeline_that_generates(tiny_world):
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_world / "pipeline")
+    assert pipeline.unet.dtype == torch.float32 and pipeline.text_encoder.dtype == torch.float32
+    assert pipeline.safety_checker is None
+    assert pipeline.tokenizer.pad_token == "<|endoftext|>"
+    assert pipeline.scheduler.config.steps_offset == 1
+    assert sum(name.endswith("attn2") for name, _ in pipeline.unet.named_modules()) == 16
+    assert pipeline.vae.config.scaling_factor > 0
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(
+        ["a photo of a doctor", ""],
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_tiny_clip_loads_in_float32(tiny_world):
+    clip = CLIPModel.from_pretrained(tiny_world / "clip")
+    assert clip.dtype == torch.float32
+    stored = load_file(tiny_world / "clip" / "model.safetensors")
+    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    summary = json.loads((tiny_world / "training.json").read_text())
+    assert set(summary["seconds"]) == {"vae", "clip", "unet"}
+
+
+def test_same_seed_same_weights_and_resume_is_a_no_op(tiny_world, tmp_path):
+    again = tmp_path / "again"
+    train_world(again, seed=0, config=WorldConfig.tiny())
+    first = load_file(tiny_world / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
+    second = load_file(again / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    # an interrupted run resumes from the last finished stage and ends with the same UNet
+    (again / "stages" / "unet.json").unlink()
+    train_world(again, seed=0, config=WorldConfig.tiny(), resume=True)
+    third = load_file(again / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(first[key], third[key]) for key in first)
+
+
+def test_output_folder_rules(tiny_world, tmp_path):
+    with pytest.raises(TrainingError, match="not empty"):
+        train_world(tiny_world, seed=0, config=WorldConfig.tiny())
+    with pytest.raises(TrainingError, match="another seed"):
+        train_world(tiny_world, seed=1, config=WorldConfig.tiny(), resume=True)
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("x")
+    with pytest.raises(TrainingError, match="not a world training folder"):
+        train_world(stray, seed=0, config=WorldConfig.tiny(), resume=True)
+    assert sorted(p.name for p in stray.iterdir()) == ["notes.txt"]
+
+
+def test_multi_positive_infonce_matches_its_equation():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(3, 4, generator=generator), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(2, 4, generator=generator), dim=-1)
+    positives = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    scale = torch.tensor(np.log(10.0))
+    logits = 10.0 * (image @ text.T).numpy()
+    rows = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    cols = logits - np.log(np.exp(logits).sum(0, keepdims=True))
+    image_loss = -np.mean([(rows[0, 0] + rows[0, 1]) / 2, rows[1, 0], rows[2, 1]])
+    text_loss = -np.mean([(cols[0, 0] + cols[1, 0]) / 2, (cols[0, 1] + cols[2, 1]) / 2])
+    expected = 0.5 * (image_loss + text_loss)
+    actual = multi_positive_infonce(image, text, positives, scale).item()
+    assert actual == pytest.approx(expected, rel=1e-5)
