@@ -71,7 +71,9 @@ def evaluate_command(
     edit_file: Annotated[
         list[Path] | None, typer.Option("--edit", help="Edit file to evaluate against the original (repeatable).")
     ] = None,
-    n: Annotated[int, typer.Option("--n", help="Images per prompt and model.")] = 16,
+    n: Annotated[
+        int, typer.Option("--n", "--num-images", help="Images per prompt and model (--num-images under torchrun).")
+    ] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Base seed: image i of prompt p uses seed + p·n + i.")] = 0,
     classifier: Annotated[
         str, typer.Option("--classifier", help="CLIP hub id or folder, or 'oracle' (synthetic world).")
@@ -102,7 +104,8 @@ def evaluate_command(
 ) -> None:
     """Generate with the original and each edited model on the same seeds, classify, and measure.
 
-    Runs in one process, or split across processes under torchrun / accelerate launch.
+    Runs in one process, or split across processes under torchrun / accelerate launch. (torchrun reads the
+    abbreviation ``--n`` as one of its own options; spell it ``--num-images`` there.)
     """
     from mist_debias.distributed import current_processes
     from mist_debias.edit import Edit
@@ -249,3 +252,30 @@ def report_command(
 
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run :data:`app` on its own (``python -m mist_debias.evaluate_cli``), with the ``mist`` entry point's
+    conventions: a user error prints one ``error: …`` line on stderr and exits with code 2."""
+    import sys
+
+    from mist_debias.pipeline import quiet_libraries
+
+    quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (MistError, ValueError) as error:
+        text = str(error).strip()
+        sys.stderr.write(f"error: {text.splitlines()[0] if text else type(error).__name__}\n")
+        sys.exit(2)
+    except Exception as error:
+        if not hasattr(error, "format_message"):  # a click/typer usage error
+            raise
+        sys.stderr.write(f"error: {error.format_message().strip().splitlines()[0]}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

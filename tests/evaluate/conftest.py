@@ -85,6 +85,14 @@ def solve_edit(model: Path, concept: str, weights: tuple[float, float], out: Pat
 
 
 @pytest.fixture(scope="session")
+def foreign_edit(tmp_path_factory) -> Path:
+    """An edit solved on another random model (a different base-model fingerprint)."""
+    root = tmp_path_factory.mktemp("foreign")
+    other = save_pipeline(build_pipeline("sd1", seed=99), root / "model")
+    return solve_edit(other, "a photo of a doctor", (1.0, -1.0), root / "foreign.safetensors")
+
+
+@pytest.fixture(scope="session")
 def doctor_edit(tiny_model, tmp_path_factory) -> Path:
     """A strong edit of "a photo of a doctor" (weights large enough to change the tiny model's images)."""
     out = tmp_path_factory.mktemp("edit") / "doctor.safetensors"
@@ -106,3 +114,24 @@ def prompt_file(tmp_path_factory) -> Path:
         writer.writerow(["prompt", "concept"])
         writer.writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A saved random-weight CLIP model (real tokenizer, 32-pixel images) usable as ``--classifier``."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from mist_debias.classify.clip import CLIPImageProcessor
+    from mist_debias.clip_vocab import write_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
+    text |= {"num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 49406}
+    text |= {"eos_token_id": 49407, "pad_token_id": 49407}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
+    vision |= {"image_size": 32, "patch_size": 8}
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    write_clip_tokenizer(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
