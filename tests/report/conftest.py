@@ -92,26 +92,30 @@ def run_folder(tmp_path) -> Path:
     return write_run_folder(tmp_path / "run")
 
 
-def chromium() -> str | None:
-    """The Chromium executable, if installed."""
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+@pytest.fixture
+def screenshot():
+    """``screenshot(page, png)`` renders ``page`` in headless Chromium (Debian's ``chromium`` package) and
+    saves a 1200-pixel-wide screenshot; skips the test when Chromium is not installed."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
 
+    def render(page: Path, png: Path, height: int = 2000) -> subprocess.CompletedProcess:
+        command = [
+            executable,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={png.parent / 'chromium-profile'}",
+            f"--screenshot={png}",
+            f"--window-size=1200,{height}",
+            page.resolve().as_uri(),
+        ]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
-def screenshot(page: Path, png: Path, profile: Path, height: int = 2000) -> subprocess.CompletedProcess:
-    """Render ``page`` in headless Chromium and save a screenshot to ``png``."""
-    command = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        f"--screenshot={png}",
-        f"--window-size=1200,{height}",
-        page.resolve().as_uri(),
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    return render

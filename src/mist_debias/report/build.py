@@ -40,11 +40,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
 
 
-def _ratios_cell(distribution: dict | None) -> str:
+def _ratios_cell(distribution: dict | None, cells: list[str] | None = None) -> str:
+    """One line per cell: ``ratio [lower, upper]``, after the cell's name when ``cells`` is given."""
     if not distribution:
         return "–"
     ratios, lower, upper = (distribution.get(key) or [] for key in ("ratios", "lower", "upper"))
-    parts = [html.ratio_with_interval(r, lo, hi) for r, lo, hi in zip(ratios, lower, upper, strict=False)]
+    names = cells if cells and len(cells) == len(ratios) else [""] * len(ratios)
+    parts = [
+        (f"<span class='muted'>{html.escape(name)}</span> " if name else "") + html.ratio_with_interval(r, lo, hi)
+        for name, r, lo, hi in zip(names, ratios, lower, upper, strict=False)
+    ]
     return "<br>".join(parts) or "–"
 
 
@@ -120,7 +125,7 @@ def evaluation_sections(source: EvaluationSource, anchor: str, grid_images: int)
                     html.escape(model) + (" <b>(edited)</b>" if entry.get("edited") else ""),
                     html.fmt(joint.get("n")),
                     html.fmt(joint.get("n_invalid")),
-                    _ratios_cell(joint),
+                    _ratios_cell(joint, cells),
                     html.fmt(joint.get("deviation")),
                     html.fmt(joint.get("kl")),
                     html.fmt(cleam.get("deviation")) if cleam else "–",
