@@ -76,6 +76,8 @@ def write_run_folder(folder: Path, log_lines: list[str] | None = None) -> Path:
                 "weights": [0.2, 0.1, -0.1, -0.2],
             }
         )
+    concepts[0]["after_fresh_seeds"] = Distribution.from_counts([26, 24, 25, 25], TARGET).to_dict()
+    concepts[1]["before"] = None  # a run resumed past its first measurement has no "before"
     summary = {
         "concepts": concepts,
         "images_total": total,

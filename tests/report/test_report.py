@@ -112,7 +112,9 @@ def test_read_run_folder(run_folder):
     assert isinstance(source, RunSource)
     assert [c["name"] for c in source.summary["concepts"]] == ["doctor", "nurse"]
     assert len(source.log) == 5 and source.log[0]["concept"] == "doctor"
-    assert source.axes("doctor") == [("gender", ["man", "woman"]), ("age", ["young", "old"])]
+    doctor = source.summary["concepts"][0]
+    assert source.axes(doctor) == [("gender", ["man", "woman"]), ("age", ["young", "old"])]
+    assert source.axes({**doctor, "axes": [{"name": "race", "values": ["A", "B"]}]}) == [("race", ["A", "B"])]
 
 
 def test_run_folder_without_optional_files(run_folder):
@@ -125,7 +127,7 @@ def test_run_folder_without_optional_files(run_folder):
     summary["concepts"][1].pop("after")
     (run_folder / "summary.json").write_text(json.dumps({"concepts": summary["concepts"]}))
     source = read_source(run_folder)
-    assert source.log == [] and source.axes("doctor") == []
+    assert source.log == [] and source.axes(source.summary["concepts"][0]) == []
     out = build_report([run_folder], run_folder.parent / "r.html")
     assert "Run: nurse" in out.read_text()
 
@@ -179,6 +181,7 @@ def test_report_of_evaluation_and_run_renders_in_chromium(tmp_path, run_folder, 
     for heading in ("Debias run", "Before and after", "Run: doctor", "Run: nurse"):
         assert f">{heading}</h2>" in text
     assert "interval inside tolerance" in text and "budget exhausted" in text
+    assert "0.467 → 0.027 (0.013 fresh)" in text  # Δ before → after (on fresh seeds)
     png = tmp_path / "report.png"
     result = screenshot(page, png, height=3000)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -295,6 +295,7 @@ def run_sections(source: RunSource, anchor: str) -> list[tuple[str, str, str]]:
     rows = []
     for concept in concepts:
         before, after = concept.get("before") or {}, concept.get("after") or {}
+        fresh = concept.get("after_fresh_seeds") or {}
         rows.append(
             [
                 html.escape(concept["name"]),
@@ -302,7 +303,9 @@ def run_sections(source: RunSource, anchor: str) -> list[tuple[str, str, str]]:
                 "<br>".join(html.fmt(t, 3) for t in concept.get("target") or before.get("target") or []),
                 _ratios_cell(before),
                 _ratios_cell(after),
-                f"{html.fmt(before.get('deviation'))} → {html.fmt(after.get('deviation'))}",
+                _ratios_cell(concept.get("after_fresh_seeds")),
+                f"{html.fmt(before.get('deviation'))} → {html.fmt(after.get('deviation'))}"
+                + (f" ({html.fmt(fresh.get('deviation'))} fresh)" if fresh else ""),
                 html.verdict(concept.get("converged"), "converged", "not converged")
                 + (f"<br><span class='muted'>{html.escape(concept['reason'])}</span>" if concept.get("reason") else ""),
                 html.fmt(concept.get("images_used")),
@@ -316,13 +319,14 @@ def run_sections(source: RunSource, anchor: str) -> list[tuple[str, str, str]]:
             "target",
             "before [95%]",
             "after [95%]",
+            "after, fresh seeds",
             "Δ before → after",
             "status",
             "images",
             "weights",
         ],
         rows,
-        numeric=(7,),
+        numeric=(8,),
     )
     names = [c["name"] for c in concepts]
     deltas = [
@@ -360,7 +364,9 @@ def _run_concept(source: RunSource, concept: dict) -> str:
     cells = list(concept["cells"])
     before, after = concept.get("before") or {}, concept.get("after") or {}
     target = [number(t) for t in concept.get("target") or before.get("target") or after.get("target") or []]
-    series = [_series(label, d) for label, d in (("before", before), ("after", after)) if d.get("ratios")]
+    fresh = concept.get("after_fresh_seeds") or {}
+    measured = (("before", before), ("after", after), ("after, fresh seeds", fresh))
+    series = [_series(label, d) for label, d in measured if d.get("ratios")]
     body = []
     if series and len(target) == len(cells):
         body.append(
@@ -368,7 +374,7 @@ def _run_concept(source: RunSource, concept: dict) -> str:
                 distribution_chart([Panel(f"{concept['name']}: before and after", cells, series, target)]), "bars"
             )
         )
-        axes = source.axes(concept["name"])
+        axes = source.axes(concept)
         if len(axes) >= 2 and math.prod(len(v) for _, v in axes) == len(cells):
             body.append(
                 html.figure(heatmap_chart(axes, series, target, f"{concept['name']}: intersectional"), "heatmap")

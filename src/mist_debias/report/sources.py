@@ -46,14 +46,17 @@ class RunSource:
     config: dict = field(default_factory=dict)
     log: list[dict] = field(default_factory=list)
 
-    def axes(self, concept: str) -> list[tuple[str, list[str]]]:
-        """The attribute axes of ``concept`` from the config (its own attributes, else the shared ones)."""
-        attributes = None
-        for item in self.config.get("concepts") or []:
-            if isinstance(item, dict) and item.get("name") == concept:
-                attributes = item.get("attributes")
-        attributes = attributes or self.config.get("attributes") or {}
-        axes = attributes.get("axes") if isinstance(attributes, dict) else None
+    def axes(self, concept: dict) -> list[tuple[str, list[str]]]:
+        """The attribute axes of a summary concept: its own ``axes`` entry, else from the config (the concept's
+        own attributes, else the shared ones); empty for explicit cells or when unknown."""
+        axes = concept.get("axes")
+        if axes is None:
+            attributes = None
+            for item in self.config.get("concepts") or []:
+                if isinstance(item, dict) and item.get("name") == concept.get("name"):
+                    attributes = item.get("attributes")
+            attributes = attributes or self.config.get("attributes") or {}
+            axes = attributes.get("axes") if isinstance(attributes, dict) else None
         if isinstance(axes, dict):
             return [(str(name), [str(v) for v in values]) for name, values in axes.items()]
         if isinstance(axes, list):
