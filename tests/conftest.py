@@ -8,7 +8,7 @@ import pytest
 from diffusers.utils import logging as diffusers_logging
 
 from mist_debias.pipeline import load_pipeline
-from mist_debias.testing import FAMILIES, build_pipeline, save_pipeline
+from mist_debias.testing import FAMILIES, build_clip, build_pipeline, save_clip, save_pipeline
 
 diffusers_logging.disable_progress_bar()
 
@@ -35,3 +35,18 @@ def sd1_pipe(sd1_dir: Path):
 def any_pipe(request: pytest.FixtureRequest, pipeline_dirs: dict[str, Path]):
     """Each family's pipeline, loaded from its folder."""
     return load_pipeline(pipeline_dirs[request.param], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_factory(tmp_path_factory: pytest.TempPathFactory):
+    """``factory(seed)`` → folder of a saved tiny random CLIP (weights drawn with ``seed``)."""
+
+    def factory(seed: int) -> Path:
+        return save_clip(build_clip(seed), tmp_path_factory.mktemp(f"tiny-clip-{seed}"))
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tiny_clip_factory) -> Path:
+    return tiny_clip_factory(0)

@@ -72,7 +72,7 @@ def test_export(sd1_dir, edit_file, tmp_path, capsys, fmt):
 
 def assert_one_line_error(capsys, args, message, tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = run(capsys, *args)
+    code, _, err = run(capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err

@@ -1,5 +1,7 @@
 """The closed form checked against its normal equations and the dense solution, in float64."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -72,7 +74,7 @@ def test_larger_preserve_scale_moves_preserved_tokens_less(problem):
     for scale in (0.0, 0.1, 0.2, 1.0, 5.0):
         update = solve_edit(weights, keys, targets, preserve, EditHyperparameters(preserve_scale=scale))
         changes.append((update.delta("a") @ preserve).norm().item())
-    assert all(later < earlier for earlier, later in zip(changes, changes[1:], strict=False))
+    assert all(later < earlier for earlier, later in itertools.pairwise(changes))
 
 
 def test_compounding_keeps_the_shared_factor(problem):

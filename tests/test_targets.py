@@ -24,8 +24,7 @@ def eos_state(encoder, prompt):
 def test_mist_paper_target_formula(sd1_pipe):
     encoder = PromptEncoder(sd1_pipe)
     problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", GENDER)])
-    name, w = next(iter(current_weights(sd1_pipe).items()))
-    w = w.to(torch.float64)
+    w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
     c = eos_state(encoder, "a photo of a doctor")
     g = [eos_state(encoder, prompt) for prompt in GENDER]
     weights = [0.3, -0.7]
@@ -86,7 +85,6 @@ def test_time_aligns_source_and_destination_tokens(sd1_pipe):
     # all 7 source positions (start … EOS) are keys; the prefix maps onto itself, "doctor" and EOS shift by one
     assert problem.rank_bound == 7
     w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
-    source = encoder.encode(["a photo of a doctor"])[0].to(torch.float64)
     destination = encoder.encode(["a photo of a female doctor"])[0].to(torch.float64)
     targets = problem.targets(w, [[1.0]])
     torch.testing.assert_close(targets[:, 3], w @ destination[3], rtol=1e-6, atol=1e-6)

@@ -251,6 +251,95 @@ def info(
             console.print(f"    {weight:+.4f}  {attribute}")
 
 
+class ControllerChoice(str, Enum):
+    adaptive = "adaptive"
+    official = "official"
+
+
+class PreserveChoice(str, Enum):
+    default = "default"
+    paper = "paper"
+    none = "none"
+
+
+@app.command()
+def debias(
+    model: Annotated[
+        str | None, typer.Argument(help="Hub id or local folder; default: the bundled synthetic world.")
+    ] = None,
+    concept: Annotated[list[str] | None, typer.Option("--concept", help="Concept to debias (repeatable).")] = None,
+    axis: Annotated[list[str] | None, typer.Option("--axis", help="Axis NAME=v1,v2,... (repeatable).")] = None,
+    cell: Annotated[list[str] | None, typer.Option("--cell", help="Explicit cell phrase (repeatable).")] = None,
+    target: Annotated[
+        list[str] | None, typer.Option("--target", help="p1,p2,... per cell, or AXIS=p1,... per axis.")
+    ] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="YAML/TOML/JSON run config.")] = None,
+    controller: Annotated[ControllerChoice | None, typer.Option("--controller")] = None,
+    tolerance: Annotated[float | None, typer.Option("--tolerance", help="Largest allowed |r − t| (0.05).")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="Cap on generated images.")] = None,
+    classifier: Annotated[
+        str | None, typer.Option("--classifier", help="CLIP id/folder, or 'oracle' (synthetic world).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/debias"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run folder.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    method: Annotated[MethodChoice | None, typer.Option("--method")] = None,
+    keys: Annotated[KeysChoice | None, typer.Option("--keys")] = None,
+    preserve: Annotated[
+        PreserveChoice | None, typer.Option("--preserve", help="default | paper ('' only) | none.")
+    ] = None,
+    validate: Annotated[int, typer.Option("--validate", help="Images per concept on fresh seeds at the end.")] = 0,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+) -> None:
+    """Debias concepts with the feedback loop and write the run folder (config, log, edit, summary)."""
+    from mist_debias.config import AttributesConfig, RunConfig, load_config
+    from mist_debias.runner import is_bundled_world, prepare_run
+
+    if validate < 0:
+        raise MistError(f"--validate must be ≥ 0, got {validate}")
+    if budget is not None and budget <= 0:
+        raise MistError(f"--budget must be > 0 images, got {budget}")
+    config = load_config(config_file) if config_file else RunConfig()
+    attributes = AttributesConfig.from_cli(axis or (), cell or (), target or ()) if (axis or cell) else None
+    if target and not (axis or cell):
+        raise MistError("--target needs --axis or --cell")
+    world_guidance = 5.0 if config_file is None and is_bundled_world(model or config.model) else None
+    config = config.with_overrides(
+        {
+            "model": model,
+            "concepts": concept,
+            "attributes": attributes,
+            "controller.name": controller.value if controller else None,
+            "tolerance": tolerance,
+            "budget": budget,
+            "classifier.drive": classifier,
+            "seed": seed,
+            "generation.steps": steps,
+            "generation.guidance": guidance if guidance is not None else world_guidance,
+            "generation.batch_size": batch_size,
+            "edit.method": method.value if method else None,
+            "edit.keys": keys.value if keys else None,
+            "edit.preserve": preserve.value if preserve else None,
+        }
+    )
+    run, replayed = prepare_run(config, out, resume=resume, force=force, device=device)
+    console = Console(stderr=True)
+    console.print(f"run folder {out}; preserving {len(run.problem.preserve_prompts)} prompts")
+    if replayed:
+        console.print(f"resumed after {replayed} logged rounds ({run.controller.images_used} images)")
+    from mist_debias.progress import DebiasProgress, summary_table
+
+    with DebiasProgress(run, console) as progress:
+        run.run(on_round=progress.update)
+    summary = run.finish(validate=validate)
+    run.close()
+    Console().print(summary_table(summary))
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,

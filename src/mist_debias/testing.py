@@ -25,9 +25,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from mist_debias.clip_vocab import END_TOKEN, clip_tokenizer
+from mist_debias.classify.clip import CLIPImageProcessor
+from mist_debias.clip_vocab import END_TOKEN, clip_tokenizer, write_clip_tokenizer
 
 Family = Literal["sd1", "sd2", "sdxl"]
 FAMILIES: tuple[Family, ...] = ("sd1", "sd2", "sdxl")
@@ -167,4 +168,33 @@ def build_pipeline(family: Family = "sd1", size: Literal["tiny", "sd14"] = "tiny
 def save_pipeline(pipe: DiffusionPipeline, folder: Path) -> Path:
     """Save ``pipe`` as a diffusers folder (safetensors) and return the folder."""
     pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def build_clip(seed: int = 0, image_size: int = 32) -> CLIPModel:
+    """A random-weight CLIP small enough for CPU tests (real vocabulary, ``image_size``-pixel images)."""
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=_text_config(32, 2, 4, 49407, 16).to_dict(),
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    return CLIPModel(config).eval()
+
+
+def save_clip(model: CLIPModel, folder: Path) -> Path:
+    """Save ``model`` as a CLIP folder with the real tokenizer and a matching image processor."""
+    model.save_pretrained(str(folder))
+    write_clip_tokenizer(folder)
+    size = model.config.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
+        str(folder)
+    )
     return folder
