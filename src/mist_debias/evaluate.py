@@ -17,6 +17,10 @@ preservation of the concepts it did not edit:
   ``p_j = min(1, 2 · P[Bin(b_j + c_j, ½) ≤ min(b_j, c_j)])``. The smallest ``p_j``, Bonferroni-adjusted over
   the K cells (no adjustment for K = 2, where both cells give the same test), below ``alpha`` means moved.
 
+With ``clip_model`` set, every image also gets its CLIP score against its prompt
+(:mod:`mist_debias.clip_score`): per concept × model the mean, per edited model the mean same-seed change.
+LPIPS is not computed: its backbone weights are not part of any package here.
+
 Seeds: image i of prompt p uses ``seed + p·n + i`` (distinct seeds, so images of one concept are independent
 draws, as the binomial intervals assume), or ``s_p + i`` when the prompt set fixes a seed ``s_p``.
 
@@ -59,6 +63,7 @@ from scipy import stats
 from mist_debias import __version__
 from mist_debias.atomic import atomic_file, check_output_path, write_text_atomic
 from mist_debias.classify.base import CellClassifier
+from mist_debias.clip_score import CLIPScorer
 from mist_debias.distributed import Processes
 from mist_debias.errors import MistError
 from mist_debias.generate import GenerationConfig, UNetEvaluationCounter, generate_images
@@ -168,6 +173,7 @@ class EvaluationPlan:
     change_threshold: float = DEFAULT_CHANGE_THRESHOLD
     alpha: float = 0.05
     confusion: tuple[tuple[float, ...], ...] | None = None
+    clip_model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "variants", tuple(self.variants))
@@ -239,6 +245,7 @@ class EvaluationPlan:
             "change_threshold": self.change_threshold,
             "alpha": self.alpha,
             "confusion": None if self.confusion is None else [list(row) for row in self.confusion],
+            "clip_model": self.clip_model,
         }
 
 
@@ -440,10 +447,12 @@ class ItemResult:
     valid: bool
     label: int
     pixel_change: float | None = None
+    clip_score: float | None = None
 
     def row(self, phrases: Sequence[str], edited: bool) -> dict:
         """Tidy-table row: model, concept, prompt, prompt index, seed, image, edited, predicted cell, valid,
-        pixel change (vs the original's image of the same prompt and seed) and one probability per cell."""
+        pixel change (vs the original's image of the same prompt and seed), CLIP score (when measured) and one
+        probability per cell."""
         return {
             "model": self.item.model,
             "concept": self.item.concept,
@@ -456,6 +465,7 @@ class ItemResult:
             "predicted_index": self.label if self.valid else None,
             "valid": self.valid,
             "pixel_change": self.pixel_change,
+            "clip_score": self.clip_score,
             "probs": dict(zip(phrases, self.probs, strict=True)),
         }
 
@@ -480,8 +490,10 @@ def classify_chunks(
     chunks: Sequence[Sequence[WorkItem]],
     folder: Path,
     progress: Progress | None = None,
+    scorer: CLIPScorer | None = None,
 ) -> list[ItemResult]:
-    """Classify the saved images chunk by chunk; edited models' images also get their pixel change."""
+    """Classify the saved images chunk by chunk; edited models' images also get their pixel change, and every
+    image its CLIP score against its prompt when a ``scorer`` is given."""
     folder = Path(folder)
     results = []
     for chunk in chunks:
@@ -490,6 +502,7 @@ def classify_chunks(
         probs = np.asarray(predictions.probs, dtype=np.float64)
         if probs.shape != (len(chunk), spec.num_cells):
             raise EvaluationError(f"classifier returned probabilities of shape {probs.shape}")
+        scores = scorer.score(images, [item.prompt for item in chunk]) if scorer else [None] * len(chunk)
         for row, (item, image) in enumerate(zip(chunk, images, strict=True)):
             change = None
             if item.model != ORIGINAL:
@@ -501,6 +514,7 @@ def classify_chunks(
                     valid=bool(predictions.valid[row]),
                     label=int(predictions.labels[row]),
                     pixel_change=change,
+                    clip_score=None if scores[row] is None else float(scores[row]),
                 )
             )
         if progress:
@@ -571,6 +585,7 @@ def distribution_metrics(results: Sequence[ItemResult], plan: EvaluationPlan) ->
                     ).to_dict()
                     for axis in spec.axes
                 },
+                "clip_score_mean": _mean_or_none([r.clip_score for r in rows]),
                 "mean_probs": (
                     np.mean([r.probs for r in valid], axis=0).tolist() if valid else [None] * spec.num_cells
                 ),
@@ -585,6 +600,13 @@ def distribution_metrics(results: Sequence[ItemResult], plan: EvaluationPlan) ->
                 }
             entries.append(entry)
     return entries
+
+
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    """Mean of the values, or ``None`` when any is missing (or there are none)."""
+    if not values or any(value is None for value in values):
+        return None
+    return float(np.mean(values))
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -632,6 +654,9 @@ def preservation_metrics(results: Sequence[ItemResult], plan: EvaluationPlan) ->
                     "fraction_changed": float(np.mean(changes > plan.change_threshold)) if len(changes) else None,
                     "change_threshold": plan.change_threshold,
                     "label_flips": int(np.sum(before != after)),
+                    "clip_score_change_mean": _mean_or_none(
+                        [None if a.clip_score is None else b.clip_score - a.clip_score for a, b in pairs]
+                    ),
                     "max_ratio_change": _finite_or_none(
                         float(np.max(np.abs(after_ratios - np.asarray(before_dist.ratios))))
                     ),
@@ -686,6 +711,7 @@ def run_evaluation(
     processes: Processes | None = None,
     fresh: bool = True,
     progress: Progress | None = None,
+    scorer: CLIPScorer | None = None,
 ) -> EvaluationOutcome:
     """Generate, classify and measure; every process calls this with the same plan.
 
@@ -703,9 +729,8 @@ def run_evaluation(
     )
     processes.barrier()
     classify_started = time.perf_counter()
-    mine = classify_chunks(
-        classifier, plan.spec, processes.share(chunked(plan.items(), CLASSIFY_CHUNK)), folder, progress=progress
-    )
+    chunks = processes.share(chunked(plan.items(), CLASSIFY_CHUNK))
+    mine = classify_chunks(classifier, plan.spec, chunks, folder, progress=progress, scorer=scorer)
     classify_seconds = time.perf_counter() - classify_started
     results = processes.gather(mine)
     per_process = processes.gather(

@@ -88,6 +88,9 @@ def evaluate_command(
     confusion: Annotated[
         Path | None, typer.Option("--confusion", help="Classifier confusion matrix (CSV/JSON) for CLEAM.")
     ] = None,
+    clip_model: Annotated[
+        str | None, typer.Option("--clip-model", help="CLIP hub id or folder for CLIP scores (optional).")
+    ] = None,
     change_threshold: Annotated[
         float, typer.Option("--change-threshold", help="Mean |Δpixel| (0–1) above which an image counts changed.")
     ] = 0.02,
@@ -152,6 +155,7 @@ def evaluate_command(
         generation=generation,
         change_threshold=change_threshold,
         confusion=None if matrix is None else tuple(map(tuple, matrix.tolist())),
+        clip_model=clip_model,
     )
     processes = current_processes(device)
     fresh = check_folder(out, plan, resume, force)
@@ -161,6 +165,11 @@ def evaluate_command(
     for edit in edits:
         edit.apply(pipe).revert()  # raises EditFileError when the edit belongs to another base model
     cell_classifier = load_classifier(classifier, processes.device, classifier_mode.value)
+    scorer = None
+    if clip_model:
+        from mist_debias.clip_score import CLIPScorer
+
+        scorer = CLIPScorer.load(clip_model, device=processes.device or "cpu")
     processes.barrier()
 
     console = Console(stderr=True)
@@ -195,6 +204,7 @@ def evaluate_command(
             processes=processes,
             fresh=fresh,
             progress=progress,
+            scorer=scorer,
         )
     if processes.is_main:
         print_summary(console, outcome.metrics)

@@ -254,3 +254,52 @@ def test_item_result_row_marks_invalid_images():
     item = WorkItem(0, ORIGINAL, "doctor", "a photo of a doctor", 0, 3)
     row = ItemResult(item, (0.0, 0.0, 0.0, 0.0), valid=False, label=-1).row(SPEC.phrases, edited=False)
     assert row["predicted_cell"] is None and row["valid"] is False and row["predicted_index"] is None
+
+
+def test_clip_scores_against_their_definition(tiny_model, doctor_edit, tiny_clip, stripes, tmp_path):
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from mist_debias.classify.clip import CLIPImageProcessor
+    from mist_debias.clip_score import CLIPScorer
+
+    prompts = [PromptRecord("a photo of a doctor", "doctor"), PromptRecord("a photo of a chef", "chef")]
+    plan = make_plan(prompts, n=2, edit_path=doctor_edit, clip_model=str(tiny_clip))
+    pipe = load_pipeline(tiny_model, device="cpu")
+    scorer = CLIPScorer.load(str(tiny_clip))
+    # this random CLIP finds every image and prompt anti-aligned (cos < 0, score 0); flipping the image
+    # projection makes every cosine positive so the scores below are 100·cos, not the clip at 0
+    with torch.no_grad():
+        scorer.clip.model.visual_projection.weight.neg_()
+    outcome = run_evaluation(
+        plan, tmp_path / "eval", pipe, {"doctor": Edit.load(doctor_edit)}, stripes(), scorer=scorer
+    )
+    model = CLIPModel.from_pretrained(tiny_clip).eval()
+    with torch.no_grad():
+        model.visual_projection.weight.neg_()
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_clip)
+    processor = CLIPImageProcessor.from_pretrained(tiny_clip)
+    rows = outcome.rows
+    with torch.no_grad():
+        images = [Image.open(tmp_path / "eval" / r["image"]).convert("RGB") for r in rows]
+        image_features = model.get_image_features(
+            pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]
+        )
+        tokens = tokenizer([r["prompt"] for r in rows], padding=True, return_tensors="pt")
+        text_features = model.get_text_features(**tokens)
+    image_features = getattr(image_features, "pooler_output", image_features)
+    text_features = getattr(text_features, "pooler_output", text_features)
+    cosine = torch.nn.functional.cosine_similarity(image_features.double(), text_features.double()).numpy()
+    expected = 100 * np.maximum(cosine, 0)
+    assert np.all(cosine > 0)  # the clip at 0 is not what makes the comparison pass
+    assert [r["clip_score"] for r in rows] == pytest.approx(expected.tolist(), abs=1e-3)
+    for entry in outcome.metrics["distributions"]:
+        scores = [r["clip_score"] for r in rows if r["model"] == entry["model"] and r["concept"] == entry["concept"]]
+        assert entry["clip_score_mean"] == pytest.approx(np.mean(scores))
+    chef = next(e for e in outcome.metrics["preservation"] if e["concept"] == "chef")
+    by_key = {(r["model"], r["seed"]): r["clip_score"] for r in rows}
+    changes = [by_key[("doctor", s)] - by_key[(ORIGINAL, s)] for s in (7, 8)]
+    assert chef["clip_score_change_mean"] == pytest.approx(np.mean(changes))
+    with torch.no_grad():
+        scorer.clip.model.visual_projection.weight.neg_()
+    assert scorer.score(images[:2], [r["prompt"] for r in rows[:2]]).tolist() == [0.0, 0.0]

@@ -129,12 +129,23 @@ def evaluation_sections(source: EvaluationSource, anchor: str, grid_images: int)
                     html.fmt(joint.get("deviation")),
                     html.fmt(joint.get("kl")),
                     html.fmt(cleam.get("deviation")) if cleam else "–",
+                    html.fmt(entry.get("clip_score_mean"), 2),
                 ]
             )
     summary = html.table(
-        ["concept", "model", "n valid", "invalid", "ratios [95% interval] per cell", "Δ", "KL", "CLEAM Δ"],
+        [
+            "concept",
+            "model",
+            "n valid",
+            "invalid",
+            "ratios [95% interval] per cell",
+            "Δ",
+            "KL",
+            "CLEAM Δ",
+            "CLIP score",
+        ],
         summary_rows,
-        numeric=(2, 3, 5, 6, 7),
+        numeric=(2, 3, 5, 6, 7, 8),
     )
     deltas = [
         Series(model, [number((entries.get((c, model)) or {}).get("joint", {}).get("deviation")) for c in concepts])
@@ -193,6 +204,7 @@ def _preservation_table(entries: list[dict]) -> str:
                 html.fmt(entry.get("pixel_change_mean"), 4),
                 html.fmt(entry.get("fraction_changed"), 2),
                 html.fmt(entry.get("label_flips")),
+                html.fmt(entry.get("clip_score_change_mean"), 2),
                 html.fmt(entry.get("max_ratio_change"), 3),
                 html.verdict(
                     None if entry.get("outside_interval") is None else not entry["outside_interval"],
@@ -221,12 +233,13 @@ def _preservation_table(entries: list[dict]) -> str:
         "pixel change",
         "changed",
         "label flips",
+        "Δ CLIP score",
         "max |Δratio|",
         "interval",
         "paired p",
         "verdict",
     ]
-    return html.table(header, rows, numeric=(2, 3, 4, 5, 6, 8)) + note
+    return html.table(header, rows, numeric=(2, 3, 4, 5, 6, 7, 9)) + note
 
 
 def _image_grid(source: EvaluationSource, concept: str, models: list[str], count: int) -> str:
