@@ -177,9 +177,12 @@ def trajectory_chart(
     right.set_xlabel("iteration")
     right.set_ylabel("weight")
     right.set_title("edit weights per iteration")
+    finite = iterations[np.isfinite(iterations)]
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(finite):
+            ax.set_xlim(finite.min() - 0.5, finite.max() + 0.5)
     left.legend(fontsize=7, loc="best")
     figure.suptitle(title, fontsize=10)
     return to_png(figure)
