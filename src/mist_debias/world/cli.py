@@ -45,6 +45,7 @@ def quality(
     guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image."),
     device: str = typer.Option("cpu", "--device", help="torch device to generate on."),
+    clip: Path = typer.Option(None, "--clip", help="Also grade the world's CLIP zero-shot gender (folder)."),
 ) -> None:
     """Measure the world's quality bar with the exact oracle and write it as JSON."""
     from mist_debias.world.bundled import bundled_world_path

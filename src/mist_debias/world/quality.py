@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from transformers import CLIPModel, CLIPProcessor
 
 from mist_debias.world.bias import CONTROL_PROFESSIONS, PROFESSIONS, TABLE_SHAPE, planted_table
 from mist_debias.world.captions import bare_caption, caption_fits
@@ -131,6 +133,32 @@ def eos_cosines(pipeline: StableDiffusionPipeline) -> dict[str, float]:
     return result
 
 
+def clip_gender(clip_model: Path, images: np.ndarray) -> np.ndarray:
+    """Zero-shot gender of each image by the world's CLIP ("a photo of a man" vs "… woman"): 1 = woman."""
+    clip = CLIPModel.from_pretrained(clip_model, dtype=torch.float32).eval()
+    processor = CLIPProcessor.from_pretrained(clip_model)
+    inputs = processor(
+        text=["a photo of a man", "a photo of a woman"],
+        images=[Image.fromarray(image) for image in images],
+        return_tensors="pt",
+        padding=True,
+    )
+    with torch.no_grad():
+        logits = clip(**inputs).logits_per_image
+    return logits.argmax(dim=1).numpy()
+
+
+def _clip_report(clip_model: Path, images: np.ndarray, decoded: list[Decoded]) -> dict:
+    predicted = clip_gender(clip_model, images)
+    valid = [i for i, item in enumerate(decoded) if item.ok]
+    oracle = np.array([decoded[i].attributes.gender == "woman" for i in valid])
+    return {
+        "agreement": float(np.mean(predicted[valid] == oracle)) if valid else float("nan"),
+        "clip_woman": float(predicted.mean()),
+        "oracle_woman": float(oracle.mean()) if valid else float("nan"),
+    }
+
+
 def _prompt_report(prompt: str, decoded: list[Decoded]) -> dict:
     valid = [item.attributes for item in decoded if item.attributes is not None]
     women = sum(a.gender == "woman" for a in valid)
@@ -147,17 +175,30 @@ def _prompt_report(prompt: str, decoded: list[Decoded]) -> dict:
 
 
 def measure_quality(
-    model: Path, num_images: int = 200, steps: int = 20, guidance: float = 5.0, seed: int = 0, device: str = "cpu"
+    model: Path,
+    num_images: int = 200,
+    steps: int = 20,
+    guidance: float = 5.0,
+    seed: int = 0,
+    device: str = "cpu",
+    clip_model: Path | None = None,
 ) -> dict:
-    """Generate, decode and score every prompt; returns ``{"summary", "bare", "attribute", "eos_cosine"}``."""
+    """Generate, decode and score every prompt; returns ``{"summary", "bare", "attribute", "eos_cosine"}``.
+
+    With ``clip_model`` (the world's CLIP folder), also the zero-shot CLIP gender of the bare-prompt images
+    against the oracle (``"clip_vs_oracle"``): agreement and both woman fractions per profession.
+    """
     pipeline = load_world(Path(model), device)
     decoder = WorldDecoder()
     planted = planted_table()
-    bare, attribute, total_valid, total = {}, {}, 0, 0
+    bare, attribute, clip_vs_oracle, total_valid, total = {}, {}, {}, 0, 0
     for profession in PROFESSIONS:
         prompt = bare_caption(profession)
-        decoded = decoder.decode(generate(pipeline, prompt, num_images, steps, guidance, seed))
+        images = generate(pipeline, prompt, num_images, steps, guidance, seed)
+        decoded = decoder.decode(images)
         report = _prompt_report(prompt, decoded)
+        if clip_model is not None:
+            clip_vs_oracle[profession] = _clip_report(clip_model, images, decoded)
         report["max_cell_error"] = float(np.abs(joint_distribution(decoded) - planted[profession]).max())
         report["planted_woman"] = float(planted[profession][GENDERS.index("woman")].sum())
         bare[profession] = report
@@ -189,6 +230,7 @@ def measure_quality(
         "eos_cosine": eos_cosines(pipeline),
         "bare": bare,
         "attribute": attribute,
+        "clip_vs_oracle": clip_vs_oracle,
     }
 
 

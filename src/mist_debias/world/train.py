@@ -39,8 +39,16 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
+from PIL import Image
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+)
 
 from mist_debias.clip_vocab import END_TOKEN, write_clip_tokenizer
 from mist_debias.world.bias import sample_attributes
@@ -54,7 +62,7 @@ from mist_debias.world.models import (
     build_unet,
     build_vae,
 )
-from mist_debias.world.render import Attributes, render_batch
+from mist_debias.world.render import IMAGE_SIZE, Attributes, render_batch
 
 STAGES: tuple[str, ...] = ("vae", "clip", "unet")
 STORAGE_DTYPE = torch.float16
@@ -359,12 +367,31 @@ def save_pipeline(
             save_half(module, tmp / name)
 
 
+def clip_processor(tokenizer: CLIPTokenizer) -> CLIPProcessor:
+    """The processor the world's CLIP was trained with: 32×32 RGB, ``x / 127.5 − 1`` (mean = std = ½)."""
+    image_processor = CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": IMAGE_SIZE},
+        resample=Image.BILINEAR,
+        do_center_crop=True,
+        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_convert_rgb=True,
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
 def save_clip(target: Path, clip: CLIPModel, tokenizer_dir: Path) -> None:
-    """Write the CLIP model (float16 storage) with its tokenizer, loadable by ``CLIPModel.from_pretrained``."""
+    """Write the CLIP model (float16 storage, loads in float32) with its processor and tokenizer."""
     with atomic_dir(target) as tmp:
         save_half(clip, tmp)
         for item in tokenizer_dir.iterdir():
             shutil.copy2(item, tmp / item.name)
+        clip_processor(CLIPTokenizer.from_pretrained(tokenizer_dir)).save_pretrained(tmp)
 
 
 def train_world(

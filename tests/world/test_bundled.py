@@ -1,0 +1,27 @@
+import pytest
+import torch
+from transformers import CLIPModel
+
+from mist_debias.world.bundled import bundled_world_clip_path, bundled_world_path
+from mist_debias.world.oracle import WorldDecoder
+from mist_debias.world.quality import generate, load_world
+
+pytestmark = pytest.mark.skipif(
+    not (bundled_world_path() / "model_index.json").is_file(), reason="no bundled world in this checkout"
+)
+
+
+def test_bundled_world_generates_decodable_images_of_the_prompt():
+    pipeline = load_world(bundled_world_path())
+    assert pipeline.unet.dtype == torch.float32
+    images = generate(pipeline, "a photo of a nurse", num_images=16, steps=10, guidance=5.0, seed=0)
+    decoded = WorldDecoder().decode(images)
+    valid = [item.attributes for item in decoded if item.ok]
+    assert len(valid) >= 14
+    assert sum(person.profession == "nurse" for person in valid) >= len(valid) - 1
+
+
+def test_bundled_clip_loads_in_float32():
+    clip = CLIPModel.from_pretrained(bundled_world_clip_path())
+    assert clip.dtype == torch.float32
+    assert clip.config.text_config.hidden_size == 128
