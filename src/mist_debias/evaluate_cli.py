@@ -49,7 +49,7 @@ def load_classifier(name: str, device, mode: str):
         return WorldOracle()
     from mist_debias.classify import CLIPCellClassifier
 
-    return CLIPCellClassifier.load(name, device=device or "cpu", mode=mode)
+    return CLIPCellClassifier.load(name, device=device, mode=mode)
 
 
 def select_concepts(records: list, concepts: list[str]) -> list:
@@ -164,12 +164,12 @@ def evaluate_command(
     pipe = load_pipeline(model, device=processes.device, dtype=DTYPES[dtype.value])
     for edit in edits:
         edit.apply(pipe).revert()  # raises EditFileError when the edit belongs to another base model
-    cell_classifier = load_classifier(classifier, processes.device, classifier_mode.value)
+    cell_classifier = load_classifier(classifier, pipe.device, classifier_mode.value)
     scorer = None
     if clip_model:
         from mist_debias.clip_score import CLIPScorer
 
-        scorer = CLIPScorer.load(clip_model, device=processes.device or "cpu")
+        scorer = CLIPScorer.load(clip_model, device=pipe.device)
     processes.barrier()
 
     console = Console(stderr=True)

@@ -191,3 +191,13 @@ def test_report_of_evaluation_and_run_renders_in_chromium(tmp_path, run_folder, 
     ink = np.mean(shot.min(axis=2) < 200)
     colour = np.mean(shot.max(axis=2) - shot.min(axis=2) > 60)
     assert 0.02 < ink < 0.6 and colour > 0.005
+
+
+def test_text_from_folders_is_escaped(run_folder, tmp_path):
+    summary = json.loads((run_folder / "summary.json").read_text())
+    summary["concepts"][0]["name"] = "<script>alert(1)</script>"
+    summary["concepts"][0]["cells"] = ["a & b", "<i>", "c", "d"]
+    (run_folder / "summary.json").write_text(json.dumps(summary))
+    text = build_report([run_folder], tmp_path / "r.html").read_text()
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "a &amp; b" in text and "<i>" not in text
