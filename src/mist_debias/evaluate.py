@@ -565,10 +565,11 @@ def distribution_metrics(results: Sequence[ItemResult], plan: EvaluationPlan) ->
     """
     spec = plan.spec
     target = spec.target_array
+    groups = _group(results)
     entries = []
     for concept in plan.concepts:
         for variant in plan.variants:
-            rows = [r for r in results if r.item.model == variant.name and r.item.concept == concept]
+            rows = groups.get((variant.name, concept), [])
             valid = [r for r in rows if r.valid]
             counts = np.bincount([r.label for r in valid], minlength=spec.num_cells).astype(np.float64)
             n_invalid = len(rows) - len(valid)
@@ -621,10 +622,11 @@ def preservation_metrics(results: Sequence[ItemResult], plan: EvaluationPlan) ->
     """
     spec = plan.spec
     original = {r.item.index % _per_model(plan): r for r in results if r.item.model == ORIGINAL}
+    groups = _group(results)
     entries = []
     for variant in plan.variants[1:]:
         for concept in plan.concepts:
-            rows = [r for r in results if r.item.model == variant.name and r.item.concept == concept]
+            rows = groups.get((variant.name, concept), [])
             pairs = [(original[r.item.index % _per_model(plan)], r) for r in rows]
             changes = np.array([r.pixel_change for r in rows], dtype=np.float64)
             both = [(a, b) for a, b in pairs if a.valid and b.valid]
@@ -667,6 +669,14 @@ def preservation_metrics(results: Sequence[ItemResult], plan: EvaluationPlan) ->
                 }
             )
     return entries
+
+
+def _group(results: Sequence[ItemResult]) -> dict[tuple[str, str], list[ItemResult]]:
+    """Results by (model, concept), each list in canonical order."""
+    groups: dict[tuple[str, str], list[ItemResult]] = {}
+    for result in results:
+        groups.setdefault((result.item.model, result.item.concept), []).append(result)
+    return groups
 
 
 def _per_model(plan: EvaluationPlan) -> int:

@@ -52,6 +52,14 @@ def load_classifier(name: str, device, mode: str):
     return CLIPCellClassifier.load(name, device=device, mode=mode)
 
 
+def edited_prompts(info: dict) -> tuple[str, ...]:
+    """The concept prompts (and concept names, when recorded) an edit file's metadata lists."""
+    found = []
+    for concept in info.get("concepts") or []:
+        found.extend(str(concept[key]) for key in ("prompt", "name") if concept.get(key))
+    return tuple(dict.fromkeys(found))
+
+
 def select_concepts(records: list, concepts: list[str]) -> list:
     """Keep the records of the named concepts (case-insensitive); an unknown name is an error."""
     if not concepts:
@@ -141,7 +149,7 @@ def evaluate_command(
     edits = [Edit.load(path) for path in edit_file or []]
     names = variant_names(edit_file or [])
     variants = [ModelVariant(ORIGINAL)] + [
-        ModelVariant(name, str(path), tuple(c.get("prompt", "") for c in edit.info.get("concepts", [])))
+        ModelVariant(name, str(path), edited_prompts(edit.info))
         for name, path, edit in zip(names, edit_file or [], edits, strict=True)
     ]
     plan = EvaluationPlan(

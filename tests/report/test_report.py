@@ -27,18 +27,23 @@ CELLS = ["young man", "old man", "young woman", "old woman"]
 
 
 def write_evaluation_folder(folder, n_seeds: int = 3):
-    """A finished evaluation folder written by hand: two models, two concepts, gender × age cells."""
+    """A finished evaluation folder written by hand: two models, three concepts (one whose images the
+    classifier could not read at all), gender × age cells."""
     target = [0.25] * 4
     counts = {
         ("doctor", ORIGINAL): [2, 1, 0, 0],
         ("doctor", "fair"): [1, 1, 1, 0],
         ("chef", ORIGINAL): [1, 1, 1, 0],
         ("chef", "fair"): [1, 1, 1, 0],
+        ("scene", ORIGINAL): [0, 0, 0, 0],
+        ("scene", "fair"): [0, 0, 0, 0],
     }
     distributions, rows = [], []
-    for p, concept in enumerate(("doctor", "chef")):
+    for p, concept in enumerate(("doctor", "chef", "scene")):
         for model in (ORIGINAL, "fair"):
-            d = Distribution.from_counts(counts[(concept, model)], target)
+            d = Distribution.from_counts(
+                counts[(concept, model)], target, n_invalid=n_seeds - sum(counts[(concept, model)])
+            )
             marginal = {
                 "gender": Distribution.from_counts([d.counts[0] + d.counts[1], d.counts[2] + d.counts[3]], [0.5] * 2),
                 "age": Distribution.from_counts([d.counts[0] + d.counts[2], d.counts[1] + d.counts[3]], [0.5] * 2),
@@ -54,11 +59,11 @@ def write_evaluation_folder(folder, n_seeds: int = 3):
                     "cleam": None,
                 }
             )
-            labels = [j for j, c in enumerate(d.counts) for _ in range(c)]
+            labels = [j for j, c in enumerate(d.counts) for _ in range(c)] or [-1] * n_seeds
             for seed, label in zip(range(p * n_seeds, (p + 1) * n_seeds), labels, strict=True):
                 path = folder / image_path(model, p, seed)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                shade = 40 * label + (0 if model == ORIGINAL else 20)
+                shade = 40 * max(label, 0) + (0 if model == ORIGINAL else 20)
                 Image.fromarray(np.full((32, 32, 3), shade, dtype=np.uint8)).save(path)
                 rows.append(
                     {
@@ -68,8 +73,8 @@ def write_evaluation_folder(folder, n_seeds: int = 3):
                         "prompt_index": p,
                         "seed": seed,
                         "image": image_path(model, p, seed),
-                        "predicted_cell": CELLS[label],
-                        "valid": True,
+                        "predicted_cell": CELLS[label] if label >= 0 else None,
+                        "valid": label >= 0,
                     }
                 )
     plan = {
@@ -85,7 +90,7 @@ def write_evaluation_folder(folder, n_seeds: int = 3):
     (folder / MANIFEST_FILE).write_text(json.dumps({"format": FORMAT, "plan": plan}))
     metrics = {
         "models": [ORIGINAL, "fair"],
-        "concepts": ["doctor", "chef"],
+        "concepts": ["doctor", "chef", "scene"],
         "cells": CELLS,
         "axes": [{"name": "gender", "values": ["man", "woman"]}, {"name": "age", "values": ["young", "old"]}],
         "target": target,
@@ -160,16 +165,18 @@ def test_evaluation_report_content(tmp_path):
     assert isinstance(read_source(folder), EvaluationSource)
     out = build_report([folder], tmp_path / "report.html", grid_images=2)
     text = out.read_text()
-    for heading in ("Evaluation", "Summary", "Preservation", "Concept: doctor", "Concept: chef"):
+    for heading in ("Evaluation", "Summary", "Preservation", "Concept: doctor", "Concept: chef", "Concept: scene"):
         assert f">{heading}</h2>" in text
     assert text.count("fair <b>(edited)</b>") == 1  # summary: the doctor edit on doctor only
     assert text.count("doctor <b>(edited)</b>") == 1  # preservation: the edited concept is marked
     assert "src=" in text and "http://" not in text and "https://" not in text  # nothing fetched from outside
     images = embedded_pngs(text)
     # Δ chart + per concept (joint bars, heatmap, marginals) + a 2 × 2 image grid per concept
-    assert len(images) == 1 + 2 * 3 + 2 * 4
+    assert len(images) == 1 + 3 * 3 + 3 * 4
     thumbnails = [image for image in images if image.size == (128, 128)]
-    assert len(thumbnails) == 8
+    assert len(thumbnails) == 12
+    scene = text[text.index(">Concept: scene</h2>") :]
+    assert scene.count("invalid</td>") == 4  # grid captions of images the classifier could not read
     doctor_grid = text[text.index(">Concept: doctor</h2>") : text.index(">Concept: chef</h2>")]
     assert doctor_grid.count("seed 0") == 1 and doctor_grid.count("seed 1") == 1 and "seed 2" not in doctor_grid
 

@@ -101,9 +101,8 @@ def heatmap_chart(
     figure = Figure(
         figsize=(min(1.6 + 0.75 * columns * len(series), 15.0), 1.4 + 0.45 * rows + 0.5), layout="constrained"
     )
-    limit = max(
-        [float(np.nanmax(np.abs(np.asarray(s.ratios, dtype=np.float64) - np.asarray(target)))) for s in series] + [0.05]
-    )
+    gaps = np.abs(np.asarray([s.ratios for s in series], dtype=np.float64) - np.asarray(target, dtype=np.float64))
+    limit = max(float(gaps[np.isfinite(gaps)].max(initial=0.0)), 0.05)
     image = None
     for index, item in enumerate(series):
         ax = figure.add_subplot(1, len(series), index + 1)
