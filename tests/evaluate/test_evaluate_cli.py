@@ -157,3 +157,9 @@ def test_two_processes_give_the_single_process_table(tiny_model, doctor_edit, pr
     assert [m["distributions"] for m in metrics[0:1]] == [metrics[1]["distributions"]]
     for row in json.loads((one / "results.json").read_text()):
         assert np.array_equal(np.asarray(Image.open(one / row["image"])), np.asarray(Image.open(two / row["image"])))
+
+
+def test_edited_prompts_from_edit_metadata():
+    info = {"concepts": [{"name": "doctor", "prompt": "a photo of a doctor"}, {"prompt": "a nurse"}, {}]}
+    assert evaluate_cli.edited_prompts(info) == ("a photo of a doctor", "doctor", "a nurse")
+    assert evaluate_cli.edited_prompts({}) == ()

@@ -28,7 +28,7 @@ def build_report(sources: Sequence[Path], out: Path, grid_images: int = 8, force
             sections.extend(evaluation_sections(source, anchor, grid_images))
         else:
             sections.extend(run_sections(source, anchor))
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"{', '.join(str(Path(s)) for s in sources)} · mist-debias {__version__} · {stamp}"
     document = html.page("mist-debias report", subtitle, sections)
     with atomic_file(Path(out), force=force) as temp:
