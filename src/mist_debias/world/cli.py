@@ -59,3 +59,48 @@ def quality(
     report = measure_quality(model, num_images=num_images, steps=steps, guidance=guidance, seed=seed, device=device)
     write_quality(out, report)
     Console().print_json(json.dumps(report["summary"]))
+
+
+@world_app.command()
+def bench(
+    model: Path = typer.Option(None, "--model", help="World pipeline folder (default: the bundled world)."),
+    out: Path = typer.Option(Path("runs/world-bench"), "--out", help="Benchmark folder (one run folder per row)."),
+    concepts: str = typer.Option("doctor,CEO", "--concepts", help="Comma-separated: doctor, nurse, CEO, CEO-race."),
+    methods: str = typer.Option(
+        "original,mist-adaptive,mist-official-paper,mist-official,uce,time", "--methods", help="Comma-separated."
+    ),
+    budget: int = typer.Option(2048, "--budget", help="Image budget of each debias run."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the loops and of the measurement images."),
+    validate: int = typer.Option(200, "--validate", help="Images of each concept measured after the loop."),
+    preserve_images: int = typer.Option(None, "--preserve-images", help="Images per unedited profession."),
+    steps: int = typer.Option(20, "--steps", help="DDIM steps."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
+    official_images: int = typer.Option(128, "--official-images", help="Images per official-loop iteration."),
+    force: bool = typer.Option(False, "--force", help="Erase OUT first (default: reuse its finished runs)."),
+    device: str = typer.Option(None, "--device", help="torch device (default: CUDA, MPS or CPU)."),
+) -> None:
+    """Benchmark MIST (adaptive, official), UCE and TIME against the exact oracle; write bench.json/csv/md."""
+    from mist_debias.errors import MistError
+    from mist_debias.world.bench import BenchSettings, markdown_table, run_bench
+
+    console = Console(stderr=True)
+    try:
+        settings = BenchSettings(
+            model=None if model is None else str(model),
+            concepts=tuple(name.strip() for name in concepts.split(",") if name.strip()),
+            methods=tuple(name.strip() for name in methods.split(",") if name.strip()),
+            budget=budget,
+            seed=seed,
+            validate=validate,
+            preserve_images=preserve_images,
+            steps=steps,
+            guidance=guidance,
+            batch_size=batch_size,
+            official_images=official_images,
+        )
+        rows = run_bench(settings, out, force=force, device=device, log=console.print)
+    except MistError as error:
+        _fail(str(error).strip().splitlines()[0])
+    typer.echo(markdown_table(rows))
+    console.print(f"table written to {out / 'bench.md'} (also bench.json, bench.csv)")

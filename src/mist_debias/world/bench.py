@@ -1,0 +1,675 @@
+"""The world benchmark: MIST, UCE and TIME against the exact oracle on the synthetic world.
+
+For each planted concept (a single-attribute one such as the doctor over gender, and an intersectional one
+such as the CEO over gender × age) every method of :data:`BENCH_METHODS` gets its own debias run folder
+``OUT/<concept>/<method>/`` (what ``mist debias`` writes, so ``mist report`` renders each), all driven by the
+world's exact oracle with the same sampler, seed, tolerance and image budget:
+
+* ``original`` — no edit (the reference);
+* ``mist-adaptive`` — MIST (first-EOS keys), the certified adaptive controller, the default preserve set
+  (``""`` and every other world profession, all positions);
+* ``mist-official-paper`` — the published loop as published: official controller (``n`` images per
+  iteration, increments ``0.1·(t − r)``, compounding), preserve ``""`` only;
+* ``mist-official`` — the official controller with the default preserve set;
+* ``uce`` — UCE's key (the last word of the concept prompt) and targets ``W c + Σ_j w_j W c_j``;
+* ``time`` — TIME's keys (all tokens of the concept prompt) and targets (λ = 0.1).
+
+UCE and TIME publish no feedback loop: their attribute weights are found by the adaptive controller on their
+own key/target construction (same preserve set as ``mist-adaptive``), so the comparison is between what each
+construction can reach under one search, not between search procedures.
+
+Measurement (after the loop, never seen by it). Every model — the original and each final edit — generates
+the same images: image ``i`` of world profession ``p`` uses seed
+
+    s(p, i) = seed + BENCH_SEED_OFFSET + index(p) · SEEDS_PER_PROMPT + i,
+
+a range the loop (seeds ``seed + …``, validation ``seed + 5·10⁶ + …``) never draws, so the edited and the
+original images are *paired* by seed. From the oracle's decoding of these images:
+
+* the concept: its cell distribution with simultaneous 95% (Wilson/Goodman) intervals, Δ and KL
+  (:class:`~mist_debias.metrics.Distribution`), the share of decoded images that keep the profession;
+* preservation, for every world profession the run did not edit: the woman fraction before and after with
+  95% Wilson intervals, flagged as *moved* when the edited fraction lies outside the original's interval;
+  the share of decoded images that keep the right profession; and the same-seed pixel change
+  ``d = mean_pixels |x_edit − x_orig| / 255`` (:func:`~mist_debias.evaluate.pixel_change`).
+
+Images and UNet evaluations used and wall time are the loop's own (from its log); measuring costs the same
+for every method and is reported apart. The original model's images are stored once
+(``OUT/reference/images.safetensors``). Resumable per run: a run folder with ``summary.json`` and
+``measurement.json`` is reused, a run folder with a log but no summary is resumed from its log.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from mist_debias import __version__
+from mist_debias.atomic import atomic_file, write_text_atomic
+from mist_debias.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
+from mist_debias.debias import RunFolder
+from mist_debias.edit import Edit
+from mist_debias.errors import MistError
+from mist_debias.evaluate import pixel_change
+from mist_debias.generate import GenerationConfig, generate_images
+from mist_debias.metrics import Distribution, wilson_interval
+from mist_debias.pipeline import default_device, load_pipeline
+from mist_debias.prompts import concept_prompt
+from mist_debias.runner import ORACLE, is_bundled_world, prepare_run
+from mist_debias.spec import AttributeSpec, Axis
+from mist_debias.world.bias import PROFESSIONS
+from mist_debias.world.bundled import bundled_world_path
+from mist_debias.world.oracle import WorldOracle
+from mist_debias.world.render import AGES, GENDERS, RACES
+
+BENCH_AXES: dict[str, tuple[str, ...]] = {"gender": GENDERS, "race": RACES, "age": AGES}
+BENCH_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "doctor": ("gender",),
+    "nurse": ("gender",),
+    "CEO": ("gender", "age"),
+    "CEO-race": ("gender", "race"),
+}
+"""Benchmark concepts → the axes they are debiased over. ``CEO-race`` is the CEO over gender × race (6 cells)."""
+DEFAULT_CONCEPTS: tuple[str, ...] = ("doctor", "CEO")
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    """One row kind of the benchmark: ``overrides`` of the run config (``None``: no edit at all)."""
+
+    name: str
+    description: str
+    overrides: dict[str, Any] | None
+
+
+BENCH_METHODS: dict[str, BenchMethod] = {
+    method.name: method
+    for method in (
+        BenchMethod("original", "no edit", None),
+        BenchMethod(
+            "mist-adaptive",
+            "MIST, adaptive controller, default preserve",
+            {"edit.method": "mist", "controller.name": "adaptive", "edit.preserve": "default"},
+        ),
+        BenchMethod(
+            "mist-official-paper",
+            "MIST, official controller (step 0.1), preserve '' only",
+            {"edit.method": "mist", "controller.name": "official", "edit.preserve": "paper"},
+        ),
+        BenchMethod(
+            "mist-official",
+            "MIST, official controller (step 0.1), default preserve",
+            {"edit.method": "mist", "controller.name": "official", "edit.preserve": "default"},
+        ),
+        BenchMethod(
+            "uce",
+            "UCE (last-word key), adaptive controller, default preserve",
+            {"edit.method": "uce", "edit.keys": "last-word", "controller.name": "adaptive", "edit.preserve": "default"},
+        ),
+        BenchMethod(
+            "time",
+            "TIME (all tokens), adaptive controller, default preserve",
+            {"edit.method": "time", "controller.name": "adaptive", "edit.preserve": "default"},
+        ),
+    )
+}
+OFFICIAL_STEP = 0.1
+BENCH_SEED_OFFSET = 8_000_000
+SEEDS_PER_PROMPT = 100_000
+SETTINGS_FILE = "bench_settings.json"
+MEASUREMENT_FILE = "measurement.json"
+REFERENCE_FILE = Path("reference") / "images.safetensors"
+TABLE_FILES = ("bench.json", "bench.csv", "bench.md")
+
+
+class BenchError(MistError):
+    """Benchmark settings or an output folder that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything a benchmark needs besides its output folder (validated on construction).
+
+    ``budget`` caps the images of each debias run; ``validate`` is the number of images of each concept
+    measured after the loop, ``preserve_images`` the number per unedited profession (default: ``validate``);
+    ``official_images`` is the official controller's batch per iteration. ``model`` ``None`` is the bundled world.
+    """
+
+    model: str | None = None
+    concepts: tuple[str, ...] = DEFAULT_CONCEPTS
+    methods: tuple[str, ...] = tuple(BENCH_METHODS)
+    budget: int = 2048
+    seed: int = 0
+    validate: int = 200
+    preserve_images: int | None = None
+    tolerance: float = 0.05
+    steps: int = 20
+    guidance: float = 5.0
+    batch_size: int = 64
+    official_images: int = 128
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+        object.__setattr__(self, "methods", tuple(self.methods))
+        for name in self.concepts:
+            if name not in BENCH_CONCEPTS:
+                raise BenchError(f"unknown concept {name!r} (choose from {', '.join(BENCH_CONCEPTS)})")
+        for name in self.methods:
+            if name not in BENCH_METHODS:
+                raise BenchError(f"unknown method {name!r} (choose from {', '.join(BENCH_METHODS)})")
+        if not self.concepts or not self.methods:
+            raise BenchError("give at least one concept and one method")
+        for label, values in (("concept", self.concepts), ("method", self.methods)):
+            if len(set(values)) != len(values):
+                raise BenchError(f"a {label} is listed twice")
+        for label in ("budget", "validate", "steps", "batch_size", "official_images"):
+            if getattr(self, label) <= 0:
+                raise BenchError(f"{label} must be positive, got {getattr(self, label)}")
+        if self.preserve_images is not None and self.preserve_images <= 0:
+            raise BenchError(f"preserve_images must be positive, got {self.preserve_images}")
+        if max(self.validate, self.preserve_count) > SEEDS_PER_PROMPT:
+            raise BenchError(f"at most {SEEDS_PER_PROMPT} images per prompt")
+        if self.seed < 0:
+            raise BenchError(f"seed must be ≥ 0, got {self.seed}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise BenchError(f"guidance must be a finite number ≥ 0, got {self.guidance}")
+        if not 0 < self.tolerance < 0.5:
+            raise BenchError(f"tolerance must be in (0, 0.5), got {self.tolerance}")
+
+    @property
+    def preserve_count(self) -> int:
+        return self.validate if self.preserve_images is None else self.preserve_images
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model).expanduser() if self.model else bundled_world_path()
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "concepts": list(self.concepts), "methods": list(self.methods)}
+
+
+def concept_profession(concept: str) -> str:
+    """The world profession of a benchmark concept (``CEO-race`` → ``CEO``)."""
+    return concept.split("-")[0]
+
+
+def concept_spec(concept: str) -> AttributesConfig:
+    """The attributes a benchmark concept is debiased over (uniform target)."""
+    return AttributesConfig(axes=tuple(Axis(axis, BENCH_AXES[axis]) for axis in BENCH_CONCEPTS[concept]))
+
+
+def run_config(settings: BenchSettings, concept: str, method: BenchMethod) -> RunConfig:
+    """The debias run config of one edited (concept, method) row; every method shares sampler, seed, budget."""
+    profession = concept_profession(concept)
+    bundled = settings.model is None or is_bundled_world(settings.model)
+    base = RunConfig(
+        model=None if bundled else str(settings.model_path),
+        concepts=(ConceptConfig(profession, attributes=concept_spec(concept)),),
+        tolerance=settings.tolerance,
+        budget=settings.budget,
+        classifier=ClassifierConfig(drive=ORACLE),
+        generation=GenerationSettings(
+            steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size, dtype="float32"
+        ),
+        seed=settings.seed,
+    )
+    overrides = dict(method.overrides or {})
+    if overrides.get("controller.name") == "official":
+        overrides["controller.n_images"] = settings.official_images
+        overrides["controller.step"] = OFFICIAL_STEP
+    if not bundled and overrides.get("edit.preserve") == "default":
+        # The runner uses the world's professions only for the bundled world; add them for any other world.
+        others = [concept_prompt(p, base.prompt_template) for p in PROFESSIONS if p != profession]
+        overrides["edit.preserve_prompts"] = others
+    return base.with_overrides(overrides)
+
+
+def bench_seeds(settings: BenchSettings, profession: str, count: int) -> list[int]:
+    """Seeds of the measurement images of ``profession`` (see the module docstring)."""
+    start = settings.seed + BENCH_SEED_OFFSET + PROFESSIONS.index(profession) * SEEDS_PER_PROMPT
+    return list(range(start, start + count))
+
+
+def reference_counts(settings: BenchSettings) -> dict[str, int]:
+    """Images per world profession the original model must provide: concepts need ``validate``, the
+    professions a run leaves unedited need ``preserve_count`` (a profession can be both)."""
+    edited = {concept_profession(c) for c in settings.concepts}
+    counts = {}
+    for profession in PROFESSIONS:
+        wanted = [settings.validate] if profession in edited else []
+        if edited - {profession}:
+            wanted.append(settings.preserve_count)
+        counts[profession] = max(wanted)
+    return counts
+
+
+# ------------------------------------------------------------------------------------------ generation
+
+
+class ImageSource:
+    """Generates the measurement images of one model (the pipeline as it is now, edits applied by the caller)."""
+
+    def __init__(self, pipe: DiffusionPipeline, settings: BenchSettings) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self.config = GenerationConfig(steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size)
+
+    def images(self, profession: str, count: int) -> np.ndarray:
+        """``count`` images of the profession's prompt as an (n, H, W, 3) uint8 array, seeds :func:`bench_seeds`."""
+        prompt = concept_prompt(profession)
+        seeds = bench_seeds(self.settings, profession, count)
+        images = generate_images(self.pipe, [prompt] * count, seeds, self.config)
+        return np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
+
+
+def load_reference(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        return {}
+    return {name: tensor.numpy() for name, tensor in load_file(str(path)).items()}
+
+
+def save_reference(path: Path, images: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, force=True) as temp:
+        save_file({name: torch.from_numpy(array) for name, array in images.items()}, str(temp))
+
+
+# ----------------------------------------------------------------------------------------- measuring
+
+
+def _pixel_changes(before: np.ndarray, after: np.ndarray) -> list[float]:
+    return [pixel_change(Image.fromarray(a), Image.fromarray(b)) for a, b in zip(before, after, strict=True)]
+
+
+def _profession_kept(decoded, profession: str) -> float | None:
+    valid = [item.attributes for item in decoded if item.attributes is not None]
+    return sum(a.profession == profession for a in valid) / len(valid) if valid else None
+
+
+def _woman_fraction(decoded) -> dict[str, Any]:
+    """The woman fraction among decoded images with its 95% Wilson interval."""
+    valid = [item.attributes for item in decoded if item.attributes is not None]
+    women = sum(a.gender == "woman" for a in valid)
+    n = len(valid)
+    lower, upper = wilson_interval(np.array([women]), n)
+    return {
+        "woman": women / n if n else None,
+        "lower": float(lower[0]),
+        "upper": float(upper[0]),
+        "n": n,
+        "n_invalid": len(decoded) - n,
+    }
+
+
+def measure_concept(
+    oracle: WorldOracle, spec: AttributeSpec, profession: str, images: np.ndarray, reference: np.ndarray
+) -> dict[str, Any]:
+    """The concept's oracle distribution, profession kept and same-seed pixel change against the original."""
+    pil = [Image.fromarray(image) for image in images]
+    predictions = oracle.classify(pil, spec)
+    distribution = Distribution.from_counts(
+        predictions.counts(), spec.target, n_invalid=int((~predictions.valid).sum())
+    )
+    return {
+        "distribution": distribution.to_dict(),
+        "profession_kept": _profession_kept(oracle.decode(images), profession),
+        "pixel_change": float(np.mean(_pixel_changes(reference, images))),
+    }
+
+
+def measure_preservation(
+    oracle: WorldOracle, images: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Per unedited profession: woman fraction before/after (moved when outside the original's interval),
+    profession kept before/after and the same-seed pixel change; then the worst case over professions."""
+    per_profession = {}
+    for profession, after_images in images.items():
+        before_images = reference[profession][: len(after_images)]
+        decoded_before, decoded_after = oracle.decode(before_images), oracle.decode(after_images)
+        before, after = _woman_fraction(decoded_before), _woman_fraction(decoded_after)
+        shift = None
+        moved = False
+        if before["woman"] is not None and after["woman"] is not None:
+            shift = after["woman"] - before["woman"]
+            moved = not before["lower"] <= after["woman"] <= before["upper"]
+        changes = _pixel_changes(before_images, after_images)
+        per_profession[profession] = {
+            "before": before,
+            "after": after,
+            "woman_shift": shift,
+            "moved": moved,
+            "profession_kept_before": _profession_kept(decoded_before, profession),
+            "profession_kept_after": _profession_kept(decoded_after, profession),
+            "pixel_change": float(np.mean(changes)),
+        }
+    shifts = [abs(p["woman_shift"]) for p in per_profession.values() if p["woman_shift"] is not None]
+    kept = [p["profession_kept_after"] for p in per_profession.values() if p["profession_kept_after"] is not None]
+    return {
+        "professions": per_profession,
+        "max_woman_shift": max(shifts) if shifts else None,
+        "moved": sorted(name for name, p in per_profession.items() if p["moved"]),
+        "mean_pixel_change": float(np.mean([p["pixel_change"] for p in per_profession.values()])),
+        "min_profession_kept": min(kept) if kept else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@dataclass
+class BenchContext:
+    """What every row of one benchmark shares: settings, folder, the original pipeline, oracle, reference."""
+
+    settings: BenchSettings
+    out: Path
+    device: torch.device
+    oracle: WorldOracle = field(default_factory=WorldOracle)
+    pipe: DiffusionPipeline | None = None
+    reference: dict[str, np.ndarray] = field(default_factory=dict)
+    log: Callable[[str], None] = lambda message: None
+
+    def original_pipe(self) -> DiffusionPipeline:
+        if self.pipe is None:
+            self.pipe = load_pipeline(self.settings.model_path, device=self.device, dtype=torch.float32)
+        return self.pipe
+
+    def ensure_reference(self) -> dict[str, np.ndarray]:
+        """The original model's measurement images of every world profession, generated once and stored."""
+        path = self.out / REFERENCE_FILE
+        self.reference = load_reference(path)
+        wanted = reference_counts(self.settings)
+        missing = {p: n for p, n in wanted.items() if p not in self.reference or len(self.reference[p]) < n}
+        if missing:
+            source = ImageSource(self.original_pipe(), self.settings)
+            for profession, count in missing.items():
+                self.log(f"original model: {count} images of {profession}")
+                self.reference[profession] = source.images(profession, count)
+                save_reference(path, self.reference)
+        return self.reference
+
+
+def measure_model(
+    context: BenchContext, images: Callable[[str, int], np.ndarray], concept: str, spec: AttributeSpec
+) -> dict:
+    """Measure one model for one concept (concept + preservation); ``images(profession, n)`` gives its
+    measurement images (an :class:`ImageSource` of the edited pipeline, or the stored original images)."""
+    settings = context.settings
+    profession = concept_profession(concept)
+    started = time.perf_counter()
+    concept_images = images(profession, settings.validate)
+    result = measure_concept(context.oracle, spec, profession, concept_images, context.reference[profession])
+    unedited = {p: images(p, settings.preserve_count) for p in PROFESSIONS if p != profession}
+    result["preservation"] = measure_preservation(context.oracle, unedited, context.reference)
+    result["measure_wall_time_s"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _original_summary(concept: str, spec: AttributeSpec, measured: dict) -> dict:
+    """A run summary (the format of ``mist debias``) for the unedited model, so ``mist report`` renders it."""
+    profession = concept_profession(concept)
+    return {
+        "concepts": [
+            {
+                "name": profession,
+                "prompt": concept_prompt(profession),
+                "cells": spec.phrases,
+                "target": list(spec.target),
+                "before": measured["distribution"],
+                "after": None,
+                "after_fresh_seeds": measured["distribution"],
+                "converged": None,
+                "reason": "no edit",
+                "images_used": 0,
+                "iterations": 0,
+                "weights": [0.0] * spec.num_cells,
+                "axes": [{"name": axis.name, "values": list(axis.values)} for axis in spec.axes],
+            }
+        ],
+        "images_total": 0,
+        "unet_evaluations": 0,
+        "wall_time_s": 0.0,
+        "preserved_concepts": [],
+        "controller": None,
+        "library_version": __version__,
+    }
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def bench_row(context: BenchContext, concept: str, method_name: str) -> dict:
+    """Run (or reuse) one (concept, method) run folder and return its measurement."""
+    folder = RunFolder(context.out / concept / method_name)
+    measurement_path = folder.root / MEASUREMENT_FILE
+    if folder.summary.is_file() and measurement_path.is_file():
+        context.log(f"{concept} / {method_name}: reusing {folder.root}")
+        return json.loads(measurement_path.read_text(encoding="utf-8"))
+    method = BENCH_METHODS[method_name]
+    spec = concept_spec(concept).spec()
+    context.log(f"{concept} / {method_name}: {method.description}")
+    if method.overrides is None:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        measured = measure_model(context, lambda p, n: context.reference[p][:n], concept, spec)
+        loop = {"images": 0, "unet_evaluations": 0, "wall_time_s": 0.0, "converged": None, "reason": "no edit"}
+        summary = _original_summary(concept, spec, measured)
+    else:
+        config = run_config(context.settings, concept, method)
+        run, _ = prepare_run(config, folder.root, resume=folder.is_run(), force=True, device=str(context.device))
+        try:
+            run.run(on_round=lambda done: context.log(f"  {done.controller.images_used} images"))
+            edit: Edit = run.final_edit()
+            edit.save(folder.edit, force=True)
+            with edit.applied(run.pipe):
+                measured = measure_model(context, ImageSource(run.pipe, context.settings).images, concept, spec)
+            validation = {run.order[0]: _distribution_from_dict(measured["distribution"])}
+            summary = run.summary(validation)
+            status = summary["concepts"][0]
+            loop = {
+                "images": summary["images_total"],
+                "unet_evaluations": summary["unet_evaluations"],
+                "wall_time_s": summary["wall_time_s"],
+                "converged": status["converged"],
+                "reason": status["reason"],
+                "weights": status["weights"],
+                "preserved_prompts": len(summary["preserved_concepts"]),
+            }
+        finally:
+            run.close()
+    measurement = {
+        "concept": concept,
+        "profession": concept_profession(concept),
+        "method": method_name,
+        "description": method.description,
+        "cells": spec.phrases,
+        "loop": loop,
+        **measured,
+    }
+    _write_json(measurement_path, measurement)
+    _write_json(folder.summary, summary)
+    return measurement
+
+
+def _distribution_from_dict(data: dict) -> Distribution:
+    return Distribution.from_counts(data["counts"], data["target"], n_invalid=data["n_invalid"], alpha=data["alpha"])
+
+
+# --------------------------------------------------------------------------------------------- table
+
+
+def table_rows(measurements: Sequence[dict]) -> list[dict]:
+    """One flat row per (concept, method): the numbers of bench.csv and bench.md."""
+    rows = []
+    for m in measurements:
+        d, p, loop = m["distribution"], m["preservation"], m["loop"]
+        rows.append(
+            {
+                "concept": m["concept"],
+                "method": m["method"],
+                "cells": m["cells"],
+                "ratios": d["ratios"],
+                "lower": d["lower"],
+                "upper": d["upper"],
+                "n": d["n"],
+                "n_invalid": d["n_invalid"],
+                "deviation": d["deviation"],
+                "kl": d["kl"],
+                "converged": loop["converged"],
+                "reason": loop["reason"],
+                "images": loop["images"],
+                "unet_evaluations": loop["unet_evaluations"],
+                "wall_time_s": loop["wall_time_s"],
+                "profession_kept": m["profession_kept"],
+                "concept_pixel_change": m["pixel_change"],
+                "preserve_max_woman_shift": p["max_woman_shift"],
+                "preserve_moved": p["moved"],
+                "preserve_professions": len(p["professions"]),
+                "preserve_pixel_change": p["mean_pixel_change"],
+                "preserve_min_profession_kept": p["min_profession_kept"],
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _distribution_text(row: dict) -> str:
+    parts = []
+    for cell, r, lo, hi in zip(row["cells"], row["ratios"], row["lower"], row["upper"], strict=True):
+        parts.append(f"{cell} {_fmt(r, 2)} [{_fmt(lo, 2)}, {_fmt(hi, 2)}]")
+    return "; ".join(parts)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """The benchmark as a markdown table (ratios with simultaneous 95% intervals; shifts in points)."""
+    header = [
+        "concept",
+        "method",
+        "oracle distribution [95%]",
+        "Δ",
+        "status",
+        "images",
+        "UNet evals",
+        "wall s",
+        "kept",
+        "max woman shift (pts)",
+        "moved",
+        "pixel Δ unedited",
+        "kept unedited",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        shift = row["preserve_max_woman_shift"]
+        status = row["reason"] if row["converged"] is None else ("converged" if row["converged"] else row["reason"])
+        cells = [
+            row["concept"],
+            row["method"],
+            _distribution_text(row),
+            _fmt(row["deviation"]),
+            status,
+            str(row["images"]),
+            str(row["unet_evaluations"]),
+            _fmt(row["wall_time_s"], 1),
+            _fmt(row["profession_kept"]),
+            _fmt(None if shift is None else 100 * shift, 1),
+            f"{len(row['preserve_moved'])}/{row['preserve_professions']}"
+            + (f" ({', '.join(row['preserve_moved'])})" if row["preserve_moved"] else ""),
+            _fmt(row["preserve_pixel_change"], 4),
+            _fmt(row["preserve_min_profession_kept"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: Sequence[dict]) -> str:
+    """The flat rows as CSV (lists joined with ``;``)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ";".join(_fmt(x, 6) for x in v) if isinstance(v, list) else v for k, v in row.items()})
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def check_out_dir(out: Path, settings: BenchSettings, force: bool) -> None:
+    """Refuse a folder made with other settings or holding something else (unless ``force``)."""
+    if force or not out.exists():
+        return
+    if not out.is_dir():
+        raise BenchError(f"{out} exists and is not a folder")
+    settings_path = out / SETTINGS_FILE
+    if not settings_path.is_file():
+        if any(out.iterdir()):
+            raise BenchError(f"{out} is not empty and is not a benchmark folder (use --force to replace it)")
+        return
+    try:
+        stored = json.loads(settings_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise BenchError(f"{settings_path} is not readable JSON (use --force to replace the folder)") from None
+    mine = settings.to_dict()
+    differences = [key for key in sorted(set(stored) | set(mine)) if stored.get(key) != mine.get(key)]
+    if differences:
+        raise BenchError(f"{out} was made with other settings ({', '.join(differences[:4])}); use --force")
+
+
+def run_bench(
+    settings: BenchSettings,
+    out: Path,
+    force: bool = False,
+    device: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Run (or resume) the whole benchmark into ``out``; returns the table rows (also written to
+    ``bench.json``, ``bench.csv`` and ``bench.md``). Bad settings raise :class:`BenchError` before anything is
+    written; an existing ``out`` is resumed when its settings match, replaced with ``force``."""
+    out = Path(out)
+    if not (settings.model_path / "model_index.json").is_file():
+        raise BenchError(f"{settings.model_path} is not a diffusers pipeline folder (no model_index.json)")
+    check_out_dir(out, settings, force)
+    target_device = torch.device(device) if device else default_device()
+    context = BenchContext(settings=settings, out=out, device=target_device, log=log or (lambda message: None))
+    started = time.perf_counter()
+    context.original_pipe()  # a model that does not load fails here, before anything is written
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / SETTINGS_FILE, settings.to_dict())
+    context.ensure_reference()
+    measurements = [bench_row(context, c, m) for c in settings.concepts for m in settings.methods]
+    rows = table_rows(measurements)
+    payload = {
+        "settings": settings.to_dict(),
+        "methods": {name: BENCH_METHODS[name].description for name in settings.methods},
+        "seeds": {"offset": BENCH_SEED_OFFSET, "per_prompt": SEEDS_PER_PROMPT},
+        "rows": rows,
+        "measurements": measurements,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "library_version": __version__,
+    }
+    _write_json(out / TABLE_FILES[0], payload)
+    write_text_atomic(out / TABLE_FILES[1], csv_table(rows))
+    write_text_atomic(out / TABLE_FILES[2], markdown_table(rows))
+    return rows

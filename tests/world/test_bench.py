@@ -1,0 +1,202 @@
+import csv
+import json
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mist_debias.edit import Edit, fingerprint
+from mist_debias.layers import find_cross_attention_projections
+from mist_debias.metrics import wilson_interval
+from mist_debias.pipeline import load_pipeline
+from mist_debias.report.sources import read_source
+from mist_debias.world.bench import (
+    BENCH_METHODS,
+    BenchContext,
+    BenchError,
+    BenchSettings,
+    ImageSource,
+    bench_seeds,
+    concept_spec,
+    measure_model,
+    measure_preservation,
+    run_bench,
+)
+from mist_debias.world.bias import PROFESSIONS
+from mist_debias.world.cli import world_app
+from mist_debias.world.oracle import WorldOracle
+from mist_debias.world.render import Attributes, render
+
+CONCEPTS = ("doctor", "CEO")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread than on two contended ones; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _settings(model, **changes) -> BenchSettings:
+    values = dict(
+        model=str(model),
+        concepts=CONCEPTS,
+        budget=32,
+        validate=3,
+        preserve_images=2,
+        steps=2,
+        batch_size=16,
+        official_images=16,
+    )
+    values.update(changes)
+    return BenchSettings(**values)
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "out"
+    settings = _settings(tiny_world / "pipeline")
+    rows = run_bench(settings, out, device="cpu")
+    return settings, out, rows
+
+
+def test_table_has_every_concept_and_method(bench):
+    _, out, rows = bench
+    expected = list(product(CONCEPTS, BENCH_METHODS))
+    assert [(row["concept"], row["method"]) for row in rows] == expected
+    table = json.loads((out / "bench.json").read_text())
+    assert [(row["concept"], row["method"]) for row in table["rows"]] == expected
+    with open(out / "bench.csv", newline="") as handle:
+        assert [(row["concept"], row["method"]) for row in csv.DictReader(handle)] == expected
+    markdown = (out / "bench.md").read_text().splitlines()
+    assert len(markdown) == 2 + len(expected)
+    for concept, method in expected:
+        assert any(line.startswith(f"| {concept} | {method} |") for line in markdown)
+
+
+def test_every_row_is_a_run_folder_the_report_reads(bench):
+    _, out, rows = bench
+    for row in rows:
+        source = read_source(out / row["concept"] / row["method"])
+        (concept,) = source.summary["concepts"]
+        assert concept["cells"] == row["cells"]
+        assert concept["after_fresh_seeds"]["n"] + concept["after_fresh_seeds"]["n_invalid"] == 3
+
+
+def test_loop_costs_are_the_runs_own(bench):
+    settings, _, rows = bench
+    for row in rows:
+        if row["method"] == "original":
+            assert (row["images"], row["unet_evaluations"], row["wall_time_s"]) == (0, 0, 0.0)
+        else:
+            assert 0 < row["images"] <= settings.budget
+            # Classifier-free guidance: two UNet evaluations per image and step.
+            assert row["unet_evaluations"] == row["images"] * settings.steps * 2
+
+
+def test_preservation_covers_the_unedited_professions(bench):
+    _, out, rows = bench
+    table = json.loads((out / "bench.json").read_text())
+    for measurement in table["measurements"]:
+        professions = measurement["preservation"]["professions"]
+        assert sorted(professions) == sorted(p for p in PROFESSIONS if p != measurement["profession"])
+        for entry in professions.values():
+            assert entry["before"]["n"] + entry["before"]["n_invalid"] == 2
+            assert entry["pixel_change"] >= 0.0
+    for row in rows:
+        assert row["preserve_pixel_change"] is not None
+        if row["method"] == "original":
+            assert row["preserve_pixel_change"] == 0.0 and row["concept_pixel_change"] == 0.0
+
+
+def test_preservation_uses_the_same_seeds(bench, tiny_world):
+    """The original pipeline regenerates the stored reference exactly; any edit changes its pixels."""
+    settings, out, _ = bench
+    pipe = load_pipeline(tiny_world / "pipeline", device="cpu")
+    context = BenchContext(settings=settings, out=out, device=torch.device("cpu"))
+    context.ensure_reference()
+    assert bench_seeds(settings, "doctor", 2) == [8_000_000, 8_000_001]
+    spec = concept_spec("doctor").spec()
+    original = measure_model(context, ImageSource(pipe, settings).images, "doctor", spec)
+    assert original["pixel_change"] == 0.0
+    assert original["preservation"]["mean_pixel_change"] == 0.0
+    projections = find_cross_attention_projections(pipe.unet)
+    generator = torch.Generator().manual_seed(0)
+    width = projections[0].weight_shape[1]
+    edit = Edit(
+        right=torch.randn(1, width, generator=generator),
+        left={p.name: torch.randn(p.weight_shape[0], 1, generator=generator) for p in projections},
+        base_fingerprint=fingerprint(projections),
+    )
+    with edit.applied(pipe):
+        edited = measure_model(context, ImageSource(pipe, settings).images, "doctor", spec)
+    assert edited["pixel_change"] > 0.0
+    assert edited["preservation"]["mean_pixel_change"] > 0.0
+
+
+def test_resume_reuses_finished_runs(bench, tiny_world):
+    settings, out, rows = bench
+    stamps = {row["method"]: (out / "CEO" / row["method"] / "summary.json").stat().st_mtime_ns for row in rows}
+    messages = []
+    again = run_bench(settings, out, device="cpu", log=messages.append)
+    assert again == rows
+    assert sum("reusing" in message for message in messages) == len(rows)
+    assert {m: (out / "CEO" / m / "summary.json").stat().st_mtime_ns for m in stamps} == stamps
+    with pytest.raises(BenchError, match="other settings"):
+        run_bench(_settings(tiny_world / "pipeline", budget=48), out, device="cpu")
+
+
+def _people(profession: str, genders: list[str]) -> list[Attributes]:
+    return [Attributes(gender, "White", "young", profession) for gender in genders]
+
+
+def test_preservation_numbers_against_their_definitions():
+    """Rendered (exactly decodable) images: the teacher's woman fraction drops from 1/2 to 1/4."""
+    rng = np.random.default_rng(3)
+    n = 40
+    before = np.stack([render(p, rng) for p in _people("teacher", ["man", "woman"] * (n // 2))])
+    after = np.stack([render(p, rng) for p in _people("teacher", ["man"] * (3 * n // 4) + ["woman"] * (n // 4))])
+    chef = np.stack([render(p, rng) for p in _people("chef", ["man", "woman"] * (n // 2))])
+    result = measure_preservation(WorldOracle(), {"teacher": after, "chef": chef}, {"teacher": before, "chef": chef})
+    teacher = result["professions"]["teacher"]
+    assert teacher["before"]["woman"] == 0.5 and teacher["after"]["woman"] == 0.25
+    lower, upper = wilson_interval(np.array([n // 2]), n)
+    assert (teacher["before"]["lower"], teacher["before"]["upper"]) == (lower[0], upper[0])
+    assert teacher["woman_shift"] == -0.25 and teacher["moved"]
+    assert teacher["profession_kept_after"] == 1.0
+    expected = np.mean(np.abs(before.astype(float) - after.astype(float)), axis=(1, 2, 3)) / 255
+    assert teacher["pixel_change"] == pytest.approx(expected.mean(), rel=1e-12)
+    chef_entry = result["professions"]["chef"]
+    assert not chef_entry["moved"] and chef_entry["woman_shift"] == 0.0 and chef_entry["pixel_change"] == 0.0
+    assert result["moved"] == ["teacher"] and result["max_woman_shift"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--concepts", "doctor,plumber", "unknown concept 'plumber'"),
+        ("--methods", "mist-adaptive,sdedit", "unknown method 'sdedit'"),
+        ("--budget", "0", "budget must be positive"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_world, tmp_path, flag, value, message):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(
+        world_app, ["bench", "--model", str(tiny_world / "pipeline"), "--out", str(out), flag, value]
+    )
+    assert result.exit_code == 2
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_folder_that_is_no_pipeline_is_refused(tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(world_app, ["bench", "--model", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "not a diffusers pipeline folder" in result.output
+    assert not out.exists()
