@@ -37,6 +37,7 @@ def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
         raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
     os.close(handle)
     temp = Path(temp_name)
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
     try:
         yield temp
         os.replace(temp, path)
@@ -51,6 +52,7 @@ def atomic_directory(path: Path, force: bool = False) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(temp, 0o777 & ~_umask())
     except OSError as error:
         raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
     try:
@@ -65,6 +67,12 @@ def atomic_directory(path: Path, force: bool = False) -> Iterator[Path]:
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from mist_debias import __version__
 from mist_debias.errors import MistError
+from mist_debias.evaluate_cli import evaluate_command, report_command
 
 app = typer.Typer(
     name="mist",
@@ -338,6 +339,10 @@ def debias(
     summary = run.finish(validate=validate)
     run.close()
     Console().print(summary_table(summary))
+
+
+app.command("evaluate")(evaluate_command)
+app.command("report")(report_command)
 
 
 @app.callback(invoke_without_command=True)
