@@ -160,7 +160,7 @@ def cli_command(sd1_dir, clip_dir, out, *extra):
 
 def test_killed_run_resumes_to_the_same_edit(sd1_dir, tiny_clip_dir, tmp_path):
     config_file = tmp_path / "controller.yaml"
-    config_file.write_text("controller: {name: official, n_images: 32, step: 0.5, max_iterations: 6}\n")
+    config_file.write_text("controller: {name: official, n_images: 32, step: 0.5, max_iterations: 3}\n")
     extra = ("--config", str(config_file))
     straight = subprocess.run(cli_command(sd1_dir, tiny_clip_dir, tmp_path / "straight", *extra), capture_output=True)
     assert straight.returncode == 0, straight.stderr.decode()

@@ -18,6 +18,7 @@ from rich.console import Console
 from mist_debias import __version__
 from mist_debias.errors import MistError
 from mist_debias.evaluate_cli import evaluate_command, report_command
+from mist_debias.world.cli import world_app
 
 app = typer.Typer(
     name="mist",
@@ -343,6 +344,7 @@ def debias(
 
 app.command("evaluate")(evaluate_command)
 app.command("report")(report_command)
+app.add_typer(world_app, name="world")
 
 
 @app.callback(invoke_without_command=True)
