@@ -105,7 +105,8 @@ def test_preservation_covers_the_unedited_professions(bench):
         professions = measurement["preservation"]["professions"]
         assert sorted(professions) == sorted(p for p in PROFESSIONS if p != measurement["profession"])
         for entry in professions.values():
-            assert entry["before"]["n"] + entry["before"]["n_invalid"] == 2
+            for axis in entry["axes"].values():
+                assert axis["before"]["n"] + axis["before"]["n_invalid"] == 2
             assert entry["pixel_change"] >= 0.0
     for row in rows:
         assert row["preserve_pixel_change"] is not None
@@ -163,16 +164,20 @@ def test_preservation_numbers_against_their_definitions():
     chef = np.stack([render(p, rng) for p in _people("chef", ["man", "woman"] * (n // 2))])
     result = measure_preservation(WorldOracle(), {"teacher": after, "chef": chef}, {"teacher": before, "chef": chef})
     teacher = result["professions"]["teacher"]
-    assert teacher["before"]["woman"] == 0.5 and teacher["after"]["woman"] == 0.25
-    lower, upper = wilson_interval(np.array([n // 2]), n)
-    assert (teacher["before"]["lower"], teacher["before"]["upper"]) == (lower[0], upper[0])
-    assert teacher["woman_shift"] == -0.25 and teacher["moved"]
-    assert teacher["profession_kept_after"] == 1.0
+    assert (teacher["woman_before"], teacher["woman_after"]) == (0.5, 0.25)
+    gender = teacher["axes"]["gender"]
+    lower, upper = wilson_interval(np.array([n // 2, n // 2]), n)  # K = 2: no Bonferroni adjustment
+    assert gender["before"]["lower"] == list(lower) and gender["before"]["upper"] == list(upper)
+    assert upper[1] < 0.5 + 0.25  # the man ratio 0.75 lies outside the original's interval
+    assert gender["shift"] == pytest.approx(0.25) and gender["moved"]
+    assert teacher["axes"]["race"]["shift"] == 0.0 and not teacher["axes"]["race"]["moved"]
+    assert teacher["moved"] == ["gender"] and teacher["profession_kept_after"] == 1.0
     expected = np.mean(np.abs(before.astype(float) - after.astype(float)), axis=(1, 2, 3)) / 255
     assert teacher["pixel_change"] == pytest.approx(expected.mean(), rel=1e-12)
     chef_entry = result["professions"]["chef"]
-    assert not chef_entry["moved"] and chef_entry["woman_shift"] == 0.0 and chef_entry["pixel_change"] == 0.0
-    assert result["moved"] == ["teacher"] and result["max_woman_shift"] == 0.25
+    assert chef_entry["moved"] == [] and chef_entry["pixel_change"] == 0.0
+    assert result["moved"] == ["teacher:gender"]
+    assert result["max_shift"] == {"gender": pytest.approx(0.25), "race": 0.0, "age": 0.0}
 
 
 @pytest.mark.parametrize(

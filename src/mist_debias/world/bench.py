@@ -28,10 +28,10 @@ original images are *paired* by seed. From the oracle's decoding of these images
 
 * the concept: its cell distribution with simultaneous 95% (Wilson/Goodman) intervals, Δ and KL
   (:class:`~mist_debias.metrics.Distribution`), the share of decoded images that keep the profession;
-* preservation, for every world profession the run did not edit: the woman fraction before and after with
-  95% Wilson intervals, flagged as *moved* when the edited fraction lies outside the original's interval;
-  the share of decoded images that keep the right profession; and the same-seed pixel change
-  ``d = mean_pixels |x_edit − x_orig| / 255`` (:func:`~mist_debias.evaluate.pixel_change`).
+* preservation, for every world profession the run did not edit: its split over each axis (gender, race,
+  age) before and after with simultaneous 95% intervals, flagged as *moved* when an edited ratio lies outside
+  the original's interval; the share of decoded images that keep the right profession; and the same-seed
+  pixel change ``d = mean_pixels |x_edit − x_orig| / 255`` (:func:`~mist_debias.evaluate.pixel_change`).
 
 Images and UNet evaluations used and wall time are the loop's own (from its log); measuring costs the same
 for every method and is reported apart. The original model's images are stored once
@@ -66,7 +66,7 @@ from mist_debias.edit import Edit
 from mist_debias.errors import MistError
 from mist_debias.evaluate import pixel_change
 from mist_debias.generate import GenerationConfig, generate_images
-from mist_debias.metrics import Distribution, wilson_interval
+from mist_debias.metrics import Distribution
 from mist_debias.pipeline import default_device, load_pipeline
 from mist_debias.prompts import concept_prompt
 from mist_debias.runner import ORACLE, is_bundled_world, prepare_run
@@ -134,6 +134,8 @@ SETTINGS_FILE = "bench_settings.json"
 MEASUREMENT_FILE = "measurement.json"
 REFERENCE_FILE = Path("reference") / "images.safetensors"
 TABLE_FILES = ("bench.json", "bench.csv", "bench.md")
+INTERVAL_SLACK = 1e-12
+"""Rounding slack when checking a ratio against interval ends (a Wilson end at 1 may come out as 1 − 1e-16)."""
 
 
 class BenchError(MistError):
@@ -300,19 +302,13 @@ def _profession_kept(decoded, profession: str) -> float | None:
     return sum(a.profession == profession for a in valid) / len(valid) if valid else None
 
 
-def _woman_fraction(decoded) -> dict[str, Any]:
-    """The woman fraction among decoded images with its 95% Wilson interval."""
+def axis_split(decoded, axis: str) -> Distribution:
+    """The distribution of the decoded images over the values of ``axis`` (simultaneous 95% intervals)."""
+    values = BENCH_AXES[axis]
     valid = [item.attributes for item in decoded if item.attributes is not None]
-    women = sum(a.gender == "woman" for a in valid)
-    n = len(valid)
-    lower, upper = wilson_interval(np.array([women]), n)
-    return {
-        "woman": women / n if n else None,
-        "lower": float(lower[0]),
-        "upper": float(upper[0]),
-        "n": n,
-        "n_invalid": len(decoded) - n,
-    }
+    counts = [sum(getattr(a, axis) == value for a in valid) for value in values]
+    uniform = [1.0 / len(values)] * len(values)
+    return Distribution.from_counts(counts, uniform, n_invalid=len(decoded) - len(valid))
 
 
 def measure_concept(
@@ -334,34 +330,51 @@ def measure_concept(
 def measure_preservation(
     oracle: WorldOracle, images: dict[str, np.ndarray], reference: dict[str, np.ndarray]
 ) -> dict[str, Any]:
-    """Per unedited profession: woman fraction before/after (moved when outside the original's interval),
-    profession kept before/after and the same-seed pixel change; then the worst case over professions."""
+    """Per unedited profession, on the same seeds before and after the edit: the split over every axis
+    (gender, race, age) with simultaneous 95% intervals, *moved* when some value's edited ratio lies outside
+    the original's interval and its largest shift; the share of decoded images that keep the profession;
+    the same-seed pixel change. Then the worst case over professions."""
     per_profession = {}
     for profession, after_images in images.items():
         before_images = reference[profession][: len(after_images)]
         decoded_before, decoded_after = oracle.decode(before_images), oracle.decode(after_images)
-        before, after = _woman_fraction(decoded_before), _woman_fraction(decoded_after)
-        shift = None
-        moved = False
-        if before["woman"] is not None and after["woman"] is not None:
-            shift = after["woman"] - before["woman"]
-            moved = not before["lower"] <= after["woman"] <= before["upper"]
-        changes = _pixel_changes(before_images, after_images)
+        axes = {}
+        for axis in BENCH_AXES:
+            before, after = axis_split(decoded_before, axis), axis_split(decoded_after, axis)
+            shift = moved = None
+            if before.n and after.n:
+                differences = np.subtract(after.ratios, before.ratios)
+                shift = float(differences[np.argmax(np.abs(differences))])
+                moved = any(
+                    not lo - INTERVAL_SLACK <= r <= hi + INTERVAL_SLACK
+                    for r, lo, hi in zip(after.ratios, before.lower, before.upper, strict=True)
+                )
+            axes[axis] = {"before": before.to_dict(), "after": after.to_dict(), "shift": shift, "moved": moved}
         per_profession[profession] = {
-            "before": before,
-            "after": after,
-            "woman_shift": shift,
-            "moved": moved,
+            "values": {axis: list(BENCH_AXES[axis]) for axis in BENCH_AXES},
+            "axes": axes,
+            "woman_before": axes["gender"]["before"]["ratios"][GENDERS.index("woman")],
+            "woman_after": axes["gender"]["after"]["ratios"][GENDERS.index("woman")],
+            "moved": sorted(axis for axis, entry in axes.items() if entry["moved"]),
             "profession_kept_before": _profession_kept(decoded_before, profession),
             "profession_kept_after": _profession_kept(decoded_after, profession),
-            "pixel_change": float(np.mean(changes)),
+            "pixel_change": float(np.mean(_pixel_changes(before_images, after_images))),
         }
-    shifts = [abs(p["woman_shift"]) for p in per_profession.values() if p["woman_shift"] is not None]
     kept = [p["profession_kept_after"] for p in per_profession.values() if p["profession_kept_after"] is not None]
     return {
         "professions": per_profession,
-        "max_woman_shift": max(shifts) if shifts else None,
-        "moved": sorted(name for name, p in per_profession.items() if p["moved"]),
+        "max_shift": {
+            axis: max(
+                (
+                    abs(p["axes"][axis]["shift"])
+                    for p in per_profession.values()
+                    if p["axes"][axis]["shift"] is not None
+                ),
+                default=None,
+            )
+            for axis in BENCH_AXES
+        },
+        "moved": sorted(f"{name}:{axis}" for name, p in per_profession.items() for axis in p["moved"]),
         "mean_pixel_change": float(np.mean([p["pixel_change"] for p in per_profession.values()])),
         "min_profession_kept": min(kept) if kept else None,
     }
@@ -535,7 +548,9 @@ def table_rows(measurements: Sequence[dict]) -> list[dict]:
                 "wall_time_s": loop["wall_time_s"],
                 "profession_kept": m["profession_kept"],
                 "concept_pixel_change": m["pixel_change"],
-                "preserve_max_woman_shift": p["max_woman_shift"],
+                "preserve_max_gender_shift": p["max_shift"]["gender"],
+                "preserve_max_race_shift": p["max_shift"]["race"],
+                "preserve_max_age_shift": p["max_shift"]["age"],
                 "preserve_moved": p["moved"],
                 "preserve_professions": len(p["professions"]),
                 "preserve_pixel_change": p["mean_pixel_change"],
@@ -572,14 +587,14 @@ def markdown_table(rows: Sequence[dict]) -> str:
         "UNet evals",
         "wall s",
         "kept",
-        "max woman shift (pts)",
+        "max shift gender/race/age (pts)",
         "moved",
         "pixel Δ unedited",
         "kept unedited",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in rows:
-        shift = row["preserve_max_woman_shift"]
+        shifts = [row[f"preserve_max_{axis}_shift"] for axis in BENCH_AXES]
         status = row["reason"] if row["converged"] is None else ("converged" if row["converged"] else row["reason"])
         cells = [
             row["concept"],
@@ -591,8 +606,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
             str(row["unet_evaluations"]),
             _fmt(row["wall_time_s"], 1),
             _fmt(row["profession_kept"]),
-            _fmt(None if shift is None else 100 * shift, 1),
-            f"{len(row['preserve_moved'])}/{row['preserve_professions']}"
+            "/".join(_fmt(None if shift is None else 100 * shift, 1) for shift in shifts),
+            f"{len({m.split(':')[0] for m in row['preserve_moved']})}/{row['preserve_professions']}"
             + (f" ({', '.join(row['preserve_moved'])})" if row["preserve_moved"] else ""),
             _fmt(row["preserve_pixel_change"], 4),
             _fmt(row["preserve_min_profession_kept"]),
