@@ -12,6 +12,7 @@ from mist_debias.layers import find_cross_attention_projections
 from mist_debias.metrics import wilson_interval
 from mist_debias.pipeline import load_pipeline
 from mist_debias.report.sources import read_source
+from mist_debias.runner import run_preserve_prompts
 from mist_debias.world.bench import (
     BENCH_METHODS,
     BenchContext,
@@ -23,6 +24,7 @@ from mist_debias.world.bench import (
     measure_model,
     measure_preservation,
     run_bench,
+    run_config,
 )
 from mist_debias.world.bias import PROFESSIONS
 from mist_debias.world.cli import world_app
@@ -205,3 +207,14 @@ def test_a_folder_that_is_no_pipeline_is_refused(tmp_path):
     assert result.exit_code == 2
     assert "not a diffusers pipeline folder" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["mist-adaptive", "mist-official", "uce", "time"])
+def test_any_world_folder_preserves_what_the_bundled_world_preserves(tmp_path, method):
+    standin = run_config(BenchSettings(model=str(tmp_path)), "CEO", BENCH_METHODS[method])
+    bundled = run_config(BenchSettings(), "CEO", BENCH_METHODS[method])
+    expected = ["", *(f"a photo of {'an' if p[0] in 'aeiou' else 'a'} {p}" for p in PROFESSIONS if p != "CEO")]
+    assert run_preserve_prompts(standin) == run_preserve_prompts(bundled) == expected
+    paper = run_config(BenchSettings(model=str(tmp_path)), "CEO", BENCH_METHODS["mist-official-paper"])
+    assert run_preserve_prompts(paper) == [""]
+    assert paper.controller.options == {"n_images": 128, "step": 0.1}

@@ -234,9 +234,11 @@ def run_config(settings: BenchSettings, concept: str, method: BenchMethod) -> Ru
         overrides["controller.n_images"] = settings.official_images
         overrides["controller.step"] = OFFICIAL_STEP
     if not bundled and overrides.get("edit.preserve") == "default":
-        # The runner uses the world's professions only for the bundled world; add them for any other world.
+        # The runner's default set for the bundled world is "" plus the world's other professions; any other
+        # world folder (a retrained or copied world) gets exactly that set, not the built-in profession list.
         others = [concept_prompt(p, base.prompt_template) for p in PROFESSIONS if p != profession]
-        overrides["edit.preserve_prompts"] = others
+        overrides["edit.preserve"] = "none"
+        overrides["edit.preserve_prompts"] = ["", *others]
     return base.with_overrides(overrides)
 
 
