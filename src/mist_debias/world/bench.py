@@ -62,10 +62,11 @@ from mist_debias import __version__
 from mist_debias.atomic import atomic_file, write_text_atomic
 from mist_debias.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
 from mist_debias.debias import RunFolder
-from mist_debias.edit import Edit
+from mist_debias.edit import Edit, fingerprint
 from mist_debias.errors import MistError
 from mist_debias.evaluate import pixel_change
 from mist_debias.generate import GenerationConfig, generate_images
+from mist_debias.layers import find_cross_attention_projections
 from mist_debias.metrics import Distribution
 from mist_debias.pipeline import default_device, load_pipeline
 from mist_debias.prompts import concept_prompt
@@ -679,6 +680,7 @@ def run_bench(
     rows = table_rows(measurements)
     payload = {
         "settings": settings.to_dict(),
+        "model_fingerprint": fingerprint(find_cross_attention_projections(context.original_pipe().unet)),
         "methods": {name: BENCH_METHODS[name].description for name in settings.methods},
         "seeds": {"offset": BENCH_SEED_OFFSET, "per_prompt": SEEDS_PER_PROMPT},
         "rows": rows,
