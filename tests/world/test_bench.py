@@ -21,6 +21,7 @@ from mist_debias.world.bench import (
     ImageSource,
     bench_seeds,
     concept_spec,
+    measure_concept,
     measure_model,
     measure_preservation,
     run_bench,
@@ -218,3 +219,19 @@ def test_any_world_folder_preserves_what_the_bundled_world_preserves(tmp_path, m
     paper = run_config(BenchSettings(model=str(tmp_path)), "CEO", BENCH_METHODS["mist-official-paper"])
     assert run_preserve_prompts(paper) == [""]
     assert paper.controller.options == {"n_images": 128, "step": 0.1}
+
+
+def test_concept_measurement_against_its_definitions():
+    """Rendered doctors, 3 men and 1 woman, against a longer reference that starts with the same images."""
+    rng = np.random.default_rng(5)
+    images = np.stack([render(p, rng) for p in _people("doctor", ["man", "man", "woman", "man"])])
+    nurse = render(Attributes("woman", "Black", "old", "nurse"), rng)
+    reference = np.concatenate([images, images[:2]])
+    result = measure_concept(
+        WorldOracle(), concept_spec("doctor").spec(), "doctor", np.concatenate([images, nurse[None]]), reference
+    )
+    assert result["distribution"]["counts"] == [3, 2] and result["distribution"]["ratios"] == [0.6, 0.4]
+    assert result["distribution"]["deviation"] == pytest.approx(0.1 / 0.5)
+    assert result["profession_kept"] == pytest.approx(4 / 5)
+    expected = np.abs(nurse.astype(float) - images[0].astype(float)).mean() / 255 / 5
+    assert result["pixel_change"] == pytest.approx(expected, rel=1e-12)

@@ -326,7 +326,7 @@ def measure_concept(
     return {
         "distribution": distribution.to_dict(),
         "profession_kept": _profession_kept(oracle.decode(images), profession),
-        "pixel_change": float(np.mean(_pixel_changes(reference, images))),
+        "pixel_change": float(np.mean(_pixel_changes(reference[: len(images)], images))),
     }
 
 
