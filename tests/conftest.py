@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from diffusers.utils import logging as diffusers_logging
 
 from mist_debias.pipeline import load_pipeline
 from mist_debias.testing import FAMILIES, build_clip, build_pipeline, save_clip, save_pipeline
 
 diffusers_logging.disable_progress_bar()
+# The models under test are tiny: one thread per process is faster than two fighting over shared cores, and
+# subprocesses (CLI runs, torchrun workers) inherit the setting.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
