@@ -1,8 +1,8 @@
 """``mist evaluate`` and ``mist report``: the evaluation and report commands of the ``mist`` command line.
 
-:data:`app` is a small typer app with both commands; :func:`evaluate_command` and :func:`report_command`
-can be registered on another app (``app.command("evaluate")(evaluate_command)``). User errors raise
-:class:`~mist_debias.errors.MistError` (one line; the ``mist`` entry point prints it and exits with 2).
+:func:`evaluate_command` and :func:`report_command` are registered on the ``mist`` app in
+:mod:`mist_debias.cli`. User errors raise :class:`~mist_debias.errors.MistError` (one line; the ``mist`` entry
+point prints it and exits with 2).
 """
 
 from __future__ import annotations
@@ -16,17 +16,6 @@ from rich.console import Console
 
 from mist_debias.errors import MistError
 
-ORACLE = "oracle"
-
-app = typer.Typer(
-    name="mist",
-    help="Evaluate edited models and write HTML reports.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
-
 
 class ClassifierMode(str, Enum):
     joint = "joint"
@@ -37,19 +26,6 @@ class EvalDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
-
-
-def load_classifier(name: str, device, mode: str):
-    """``"oracle"`` → the synthetic world's exact oracle; anything else → a CLIP zero-shot classifier."""
-    if name == ORACLE:
-        try:
-            from mist_debias.world import WorldOracle
-        except ImportError:
-            raise MistError("the synthetic world's oracle is not available in this installation") from None
-        return WorldOracle()
-    from mist_debias.classify import CLIPCellClassifier
-
-    return CLIPCellClassifier.load(name, device=device, mode=mode)
 
 
 def edited_prompts(info: dict) -> tuple[str, ...]:
@@ -172,6 +148,8 @@ def evaluate_command(
     pipe = load_pipeline(model, device=processes.device, dtype=DTYPES[dtype.value])
     for edit in edits:
         edit.apply(pipe).revert()  # raises EditFileError when the edit belongs to another base model
+    from mist_debias.classify.loading import load_classifier
+
     cell_classifier = load_classifier(classifier, pipe.device, classifier_mode.value)
     scorer = None
     if clip_model:
@@ -266,34 +244,3 @@ def report_command(
     check_output_path(out, force)
     build_report(sources, out, grid_images=grid_images, force=force)
     Console(stderr=True).print(f"wrote {out}")
-
-
-app.command("evaluate")(evaluate_command)
-app.command("report")(report_command)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run :data:`app` on its own (``python -m mist_debias.evaluate_cli``), with the ``mist`` entry point's
-    conventions: a user error prints one ``error: …`` line on stderr and exits with code 2."""
-    import sys
-
-    from mist_debias.pipeline import quiet_libraries
-
-    quiet_libraries()
-    try:
-        app(args=argv, standalone_mode=False)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except (MistError, ValueError) as error:
-        text = str(error).strip()
-        sys.stderr.write(f"error: {text.splitlines()[0] if text else type(error).__name__}\n")
-        sys.exit(2)
-    except Exception as error:
-        if not hasattr(error, "format_message"):  # a click/typer usage error
-            raise
-        sys.stderr.write(f"error: {error.format_message().strip().splitlines()[0]}\n")
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

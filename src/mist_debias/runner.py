@@ -16,6 +16,7 @@ import torch
 from mist_debias import __version__
 from mist_debias.atomic import check_output_path, write_text_atomic
 from mist_debias.classify.base import CellClassifier
+from mist_debias.classify.loading import ORACLE, load_classifier
 from mist_debias.config import RunConfig
 from mist_debias.debias import DebiasConcept, DebiasRun, RunError, RunFolder, build_controller
 from mist_debias.edit import fingerprint
@@ -25,9 +26,8 @@ from mist_debias.prompts import concept_prompt, strip_article
 from mist_debias.targets import EditProblem
 from mist_debias.text import PromptEncoder
 from mist_debias.world import PROFESSIONS as WORLD_PROFESSIONS
-from mist_debias.world import WorldOracle, bundled_world_path
+from mist_debias.world import bundled_world_path
 
-ORACLE = "oracle"
 IGNORED_ON_RESUME = ("generation.batch_size", "classifier.batch_size")
 
 
@@ -36,16 +36,17 @@ def is_bundled_world(model: str | None) -> bool:
 
 
 def resolve_classifier(name: str | None, model: str | None, config: RunConfig, device: torch.device) -> CellClassifier:
-    """``oracle`` (the synthetic world's exact decoder), else a CLIP id or folder; ``None`` picks the default."""
-    if name == ORACLE or (name is None and is_bundled_world(model)):
-        return WorldOracle()
-    from mist_debias.classify.clip import DEFAULT_CLIP_MODEL, CLIPCellClassifier
+    """``oracle`` (the synthetic world's exact decoder), else a CLIP id or folder; ``None`` picks the default:
+    the oracle on the bundled world, :data:`~mist_debias.classify.clip.DEFAULT_CLIP_MODEL` elsewhere."""
+    if name is None:
+        from mist_debias.classify.clip import DEFAULT_CLIP_MODEL
 
-    return CLIPCellClassifier.load(
-        name or DEFAULT_CLIP_MODEL,
+        name = ORACLE if is_bundled_world(model) else DEFAULT_CLIP_MODEL
+    return load_classifier(
+        name,
         device=device,
-        templates=config.classifier.templates,
         mode=config.classifier.mode,
+        templates=config.classifier.templates,
         batch_size=config.classifier.batch_size,
     )
 

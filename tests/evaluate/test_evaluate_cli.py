@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from mist_debias import evaluate_cli
+from mist_debias.classify import loading
+from mist_debias.cli import main
 
 SAMPLER = ["--steps", 2, "--height", 32, "--width", 32, "--batch-size", 4]
 CELLS = ["--axis", "gender=man,woman"]
@@ -20,7 +22,7 @@ CELLS = ["--axis", "gender=man,woman"]
 
 def run(capsys, *args):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate_cli.main([str(a) for a in args])
+        main([str(a) for a in args])
         raise SystemExit(0)
     captured = capsys.readouterr()
     return exit_info.value.code or 0, captured.out, " ".join(captured.err.split(" ")).replace(" \n", " ")
@@ -28,7 +30,7 @@ def run(capsys, *args):
 
 @pytest.fixture
 def fake_classifier(monkeypatch, stripes):
-    monkeypatch.setattr(evaluate_cli, "load_classifier", lambda name, device, mode: stripes())
+    monkeypatch.setattr(loading, "load_classifier", lambda name, device, mode: stripes())
 
 
 def evaluate_args(model, prompts, out, *extra):
@@ -119,7 +121,7 @@ def test_report_rejects_a_folder_that_is_neither(tmp_path, capsys):
 
 def torchrun(processes: int, args: list, env: dict) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    command += ["--standalone", "-m", "mist_debias.evaluate_cli", *map(str, args)]
+    command += ["--standalone", "-m", "mist_debias", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
@@ -131,7 +133,7 @@ def test_two_processes_give_the_single_process_table(tiny_model, doctor_edit, pr
         [
             sys.executable,
             "-m",
-            "mist_debias.evaluate_cli",
+            "mist_debias",
             "evaluate",
             tiny_model,
             *map(str, common),

@@ -8,8 +8,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mist_debias.world.train import TrainingError, train_world
-
 world_app = typer.Typer(help="The synthetic world: a tiny text-to-image model with planted bias.")
 
 
@@ -27,6 +25,8 @@ def train(
     device: str = typer.Option("cpu", "--device", help="torch device to train on (cpu, cuda, mps)."),
 ) -> None:
     """Train the world from scratch on the CPU (autoencoder, tiny CLIP, UNet) into OUT."""
+    from mist_debias.world.train import TrainingError, train_world
+
     if seed < 0:
         _fail("--seed must be ≥ 0")
     try:
