@@ -253,6 +253,11 @@ def info(
             console.print(f"    {weight:+.4f}  {attribute}")
 
 
+WORLD_DEMO_CONCEPT = "doctor"
+WORLD_DEMO_AXIS = "gender=man,woman"
+WORLD_GUIDANCE = 5.0
+
+
 class ControllerChoice(str, Enum):
     adaptive = "adaptive"
     official = "official"
@@ -296,6 +301,7 @@ def debias(
     ] = None,
     validate: Annotated[int, typer.Option("--validate", help="Images per concept on fresh seeds at the end.")] = 0,
     device: Annotated[str | None, typer.Option("--device")] = None,
+    dtype: Annotated[DtypeChoice | None, typer.Option("--dtype", help="Default: float16 on CUDA.")] = None,
 ) -> None:
     """Debias concepts with the feedback loop and write the run folder (config, log, edit, summary)."""
     from mist_debias.config import AttributesConfig, RunConfig, load_config
@@ -309,7 +315,12 @@ def debias(
     attributes = AttributesConfig.from_cli(axis or (), cell or (), target or ()) if (axis or cell) else None
     if target and not (axis or cell):
         raise MistError("--target needs --axis or --cell")
-    world_guidance = 5.0 if config_file is None and is_bundled_world(model or config.model) else None
+    world_defaults = config_file is None and is_bundled_world(model or config.model)
+    if world_defaults and not concept and attributes is None:
+        # the synthetic world's demo: its most biased planted concept, over gender
+        concept = [WORLD_DEMO_CONCEPT]
+        attributes = AttributesConfig.from_cli([WORLD_DEMO_AXIS], (), ())
+    world_guidance = WORLD_GUIDANCE if world_defaults else None
     config = config.with_overrides(
         {
             "model": model,
@@ -323,6 +334,7 @@ def debias(
             "generation.steps": steps,
             "generation.guidance": guidance if guidance is not None else world_guidance,
             "generation.batch_size": batch_size,
+            "generation.dtype": dtype.value if dtype else None,
             "edit.method": method.value if method else None,
             "edit.keys": keys.value if keys else None,
             "edit.preserve": preserve.value if preserve else None,
@@ -330,7 +342,11 @@ def debias(
     )
     run, replayed = prepare_run(config, out, resume=resume, force=force, device=device)
     console = Console(stderr=True)
-    console.print(f"run folder {out}; preserving {len(run.problem.preserve_prompts)} prompts")
+    preserved = [repr(p) for p in run.problem.preserve_prompts]
+    console.print(
+        f"run folder {out}; preserving {len(preserved)} prompts: {', '.join(preserved[:8])}"
+        + (" …" if len(preserved) > 8 else "")
+    )
     if replayed:
         console.print(f"resumed after {replayed} logged rounds ({run.controller.images_used} images)")
     from mist_debias.progress import DebiasProgress, summary_table
