@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel
 from PIL import Image
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import (
     CLIPImageProcessor,
@@ -128,12 +129,16 @@ def _report(progress: Progress, task, status: str, every: int = 250) -> None:
 
 
 def _progress() -> Progress:
+    """A live bar on a terminal; elsewhere (logs) the bar is off and :func:`_report` prints lines."""
+    console = Console()
     return Progress(
         TextColumn("[bold]{task.description:<6}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=not console.is_terminal,
     )
 
 
