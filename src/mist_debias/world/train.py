@@ -438,7 +438,8 @@ def train_world(
     def finish_stage(name: str, model, started: float, losses: list[float]) -> None:
         with atomic_dir(stages_dir / name) as tmp:
             model.save_pretrained(tmp)
-        write_json_atomic(stages_dir / f"{name}.json", {"seconds": time.time() - started, "losses": losses})
+        record = {"seconds": time.time() - started, "losses": losses, "device": str(device)}
+        write_json_atomic(stages_dir / f"{name}.json", record)
         emit(f"stage {name} done in {time.time() - started:.0f} s")
 
     with progress:
@@ -467,7 +468,7 @@ def train_world(
         "seconds": {name: stage_info(name)["seconds"] for name in STAGES},
         "final_loss": {name: float(np.mean(stage_info(name)["losses"][-100:])) for name in STAGES},
         "scaling_factor": vae.config.scaling_factor,
-        "device": str(device),
+        "devices": {name: stage_info(name).get("device", "unrecorded") for name in STAGES},
     }
     write_json_atomic(out_dir / "training.json", summary)
     return out_dir / "pipeline"
