@@ -14,11 +14,13 @@ pytestmark = pytest.mark.skipif(
 def test_bundled_world_generates_decodable_images_of_the_prompt():
     pipeline = load_world(bundled_world_path())
     assert pipeline.unet.dtype == torch.float32
-    images = generate(pipeline, "a photo of a nurse", num_images=16, steps=10, guidance=5.0, seed=0)
+    images = generate(pipeline, "a photo of a CEO", num_images=16, steps=20, guidance=5.0, seed=0)
     decoded = WorldDecoder().decode(images)
     valid = [item.attributes for item in decoded if item.ok]
-    assert len(valid) >= 14
-    assert sum(person.profession == "nurse" for person in valid) >= len(valid) - 1
+    assert len(valid) >= 12
+    assert all(person.profession == "CEO" for person in valid)
+    # the planted CEO is mostly a man
+    assert sum(person.gender == "man" for person in valid) >= len(valid) - 2
 
 
 def test_bundled_clip_loads_in_float32():
