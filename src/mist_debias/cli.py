@@ -256,6 +256,7 @@ def info(
 WORLD_DEMO_CONCEPT = "doctor"
 WORLD_DEMO_AXIS = "gender=man,woman"
 WORLD_GUIDANCE = 5.0
+WORLD_BATCH_SIZE = 64
 
 
 class ControllerChoice(str, Enum):
@@ -321,6 +322,7 @@ def debias(
         concept = [WORLD_DEMO_CONCEPT]
         attributes = AttributesConfig.from_cli([WORLD_DEMO_AXIS], (), ())
     world_guidance = WORLD_GUIDANCE if world_defaults else None
+    world_batch = WORLD_BATCH_SIZE if world_defaults else None
     config = config.with_overrides(
         {
             "model": model,
@@ -333,7 +335,7 @@ def debias(
             "seed": seed,
             "generation.steps": steps,
             "generation.guidance": guidance if guidance is not None else world_guidance,
-            "generation.batch_size": batch_size,
+            "generation.batch_size": batch_size if batch_size is not None else world_batch,
             "generation.dtype": dtype.value if dtype else None,
             "edit.method": method.value if method else None,
             "edit.keys": keys.value if keys else None,

@@ -1,14 +1,9 @@
-import pytest
 import torch
 from transformers import CLIPModel
 
 from mist_debias.world.bundled import bundled_world_clip_path, bundled_world_path
 from mist_debias.world.oracle import WorldDecoder
 from mist_debias.world.quality import generate, load_world
-
-pytestmark = pytest.mark.skipif(
-    not (bundled_world_path() / "model_index.json").is_file(), reason="no bundled world in this checkout"
-)
 
 
 def test_bundled_world_generates_decodable_images_of_the_prompt():
