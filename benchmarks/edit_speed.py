@@ -1,6 +1,6 @@
 """Time one closed-form edit on SD1.4's real shapes (random weights) and report memory.
 
-    python benchmarks/edit_speed.py [--device cpu|cuda] [--dtype float32|float16]
+    python benchmarks/edit_speed.py [--device cpu|cuda] [--dtype float32|float16] [--threads N]
 
 Cases: 1 concept × 2 cells, and 37 concepts × 8 cells (gender × race × age phrases). For each: encoding the
 prompts + factorising A (``EditProblem``), solving every layer's L (``solve``), fingerprinting the edited
@@ -79,7 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.set_grad_enabled(False)
     pipe = build_pipeline("sd1", size="sd14").to(device, getattr(torch, args.dtype))

@@ -190,21 +190,36 @@ class EditProblem:
         """``V*`` (m × k) of one projection for per-concept attribute weights."""
         return self._targets(weight.to(torch.float64) @ self.bank, self.key_weights(concept_weights))
 
+    def _mixing(self, key_weights: torch.Tensor) -> torch.Tensor:
+        """``M`` (columns × k): ``M[b, i]`` is the total weight key i gives bank column b, so that
+        ``Σ_j w_ij x_{col(i, j)} = (X M)[:, i]`` for any per-column quantity X."""
+        mixing = torch.zeros(self.bank.shape[1], key_weights.shape[0], dtype=torch.float64, device=key_weights.device)
+        keys = torch.arange(key_weights.shape[0], device=key_weights.device)
+        keys = keys[:, None].expand_as(self.key_attribute_columns)
+        mixing.index_put_((self.key_attribute_columns.to(keys.device), keys), key_weights, accumulate=True)
+        return mixing
+
     def _targets(self, projected: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
-        """Targets from the projected bank ``W B`` (m × columns) and per-key weights (k × J)."""
+        """Targets from the projected bank ``W B`` (m × columns) and per-key weights (k × J).
+
+        The sums over attributes are one product with the mixing matrix :meth:`_mixing`, so the cost does not
+        grow with concepts × cells beyond a (columns × k) matrix.
+        """
         base = projected[:, self.concept_key_columns]
-        attributes = projected[:, self.key_attribute_columns]  # m × k × J
+        tiny = torch.finfo(torch.float64).tiny
+        directions = projected / projected.norm(dim=0, keepdim=True).clamp_min(tiny)
+        if self.method == "mist" and self.mist_form == "running":
+            attributes = directions[:, self.key_attribute_columns]  # m × k × J
+            value = base
+            for j in range(key_weights.shape[1]):
+                value = value + key_weights[:, j] * value.norm(dim=0) * attributes[:, :, j]
+            return value
+        mixing = self._mixing(key_weights)
         if self.method == "uce":
-            return base + (attributes * key_weights).sum(dim=-1)
+            return base + projected @ mixing
         if self.method == "time":
-            return base + ((attributes - base[..., None]) * key_weights).sum(dim=-1)
-        directions = attributes / attributes.norm(dim=0, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-        if self.mist_form == "paper":
-            return base + base.norm(dim=0) * (directions * key_weights).sum(dim=-1)
-        value = base
-        for j in range(key_weights.shape[1]):
-            value = value + key_weights[:, j] * value.norm(dim=0) * directions[:, :, j]
-        return value
+            return base + projected @ mixing - base * key_weights.sum(dim=1)
+        return base + base.norm(dim=0) * (directions @ mixing)
 
     def solve(self, weights: Mapping[str, torch.Tensor], concept_weights: Sequence[Sequence[float]]) -> LowRankUpdate:
         """``W' − W = L R`` for every layer in ``weights`` (the current, possibly compounded, W)."""
