@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from mist_debias import __version__
+from mist_debias.cli_choices import DtypeChoice
 from mist_debias.errors import MistError
 from mist_debias.evaluate_cli import evaluate_command, report_command
 from mist_debias.world.cli import world_app
@@ -46,12 +47,6 @@ class KeysChoice(str, Enum):
 class ExportFormat(str, Enum):
     diffusers = "diffusers"
     lora = "lora"
-
-
-class DtypeChoice(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
 
 
 def parse_weights(text: str) -> list[float]:

@@ -14,18 +14,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from mist_debias.cli_choices import DtypeChoice
 from mist_debias.errors import MistError
 
 
 class ClassifierMode(str, Enum):
     joint = "joint"
     per_axis = "per-axis"
-
-
-class EvalDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
 
 
 def edited_prompts(info: dict) -> tuple[str, ...]:
@@ -85,7 +80,7 @@ def evaluate_command(
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     device: Annotated[str | None, typer.Option("--device")] = None,
-    dtype: Annotated[EvalDtype, typer.Option("--dtype")] = EvalDtype.float32,
+    dtype: Annotated[DtypeChoice, typer.Option("--dtype")] = DtypeChoice.float32,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted evaluation.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing evaluation folder.")] = False,
 ) -> None:
