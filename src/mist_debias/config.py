@@ -41,7 +41,7 @@ import yaml
 
 from mist_debias.atomic import atomic_file
 from mist_debias.classify.clip import CLASSIFY_MODES, DEFAULT_TEMPLATES
-from mist_debias.errors import MistError
+from mist_debias.errors import MistError, one_line
 from mist_debias.generate import GenerationConfig
 from mist_debias.prompts import DEFAULT_EDIT_TEMPLATE, PRESERVE_MODES, edit_prompts, preservation_prompts
 from mist_debias.solve import EditHyperparameters
@@ -468,7 +468,7 @@ def load_config(path: Path) -> RunConfig:
         else:
             data = yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path} is not valid {suffix[1:].upper()}: {_one_line(error)}") from None
+        raise ConfigError(f"{path} is not valid {suffix[1:].upper()}: {one_line(error)}") from None
     try:
         return RunConfig.from_dict({} if data is None else data)
     except MistError as error:
@@ -490,10 +490,6 @@ def _toml_loads(text: str) -> dict:
         except ImportError:
             raise ConfigError("reading TOML on Python 3.10 needs the 'tomli' package") from None
     return tomllib.loads(text)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _spec_context(where: str, build, *args):

@@ -1,6 +1,11 @@
 """User-facing errors: each carries one line that the CLI prints as it is."""
 
 
+def one_line(error: BaseException) -> str:
+    """The text of ``error`` with all whitespace, newlines included, collapsed to single spaces."""
+    return " ".join(str(error).split())
+
+
 class MistError(ValueError):
     """Base class of every error caused by the user's input (bad model, file, flag or prompt)."""
 

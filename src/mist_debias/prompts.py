@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from mist_debias.errors import MistError
+from mist_debias.errors import MistError, one_line
 from mist_debias.spec import AttributeSpec
 
 PROFESSIONS: tuple[str, ...] = (
@@ -256,7 +256,7 @@ def load_prompt_set(path: Path) -> list[PromptRecord]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise PromptSetError(f"prompts file {path} is not valid YAML: {_one_line(error)}") from None
+            raise PromptSetError(f"prompts file {path} is not valid YAML: {one_line(error)}") from None
         rows = data.get("prompts") if isinstance(data, dict) else data
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
             raise PromptSetError(f"prompts file {path}: expected a list of mappings (prompt, concept, seed)")
@@ -303,7 +303,3 @@ def _records(path: Path, rows: list[dict], columns: list[str]) -> list[PromptRec
             seed = None
         records.append(PromptRecord(str(prompt), str(concept).strip(), seed))
     return records
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

@@ -33,7 +33,7 @@ from PIL import Image
 from transformers import AutoConfig, CLIPModel, CLIPTokenizer
 
 from mist_debias.classify.base import CellPredictions
-from mist_debias.errors import MistError
+from mist_debias.errors import MistError, one_line
 from mist_debias.prompts import indefinite_article
 from mist_debias.spec import AttributeSpec, natural_phrase
 
@@ -94,8 +94,7 @@ def _check_is_clip(path_or_id: str) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:300] or type(error).__name__
+    return one_line(error)[:300] or type(error).__name__
 
 
 class CLIPCellClassifier:
