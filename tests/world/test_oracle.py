@@ -5,7 +5,7 @@ from mist_debias.classify.base import CellClassifier
 from mist_debias.spec import AttributeSpec, Axis, Cell
 from mist_debias.world.bias import sample_attributes
 from mist_debias.world.oracle import WorldDecoder, WorldOracle, cell_constraints, decode_rate
-from mist_debias.world.render import Attributes, render, render_batch, to_pil
+from mist_debias.world.render import HAIR_COLORS, Attributes, render, render_batch, to_pil
 
 
 def _axis_spec(*axes: Axis) -> AttributeSpec:
@@ -51,7 +51,7 @@ def test_damaged_glyph_is_not_guessed():
     hair = np.argwhere(labels == decoder.names.index("hair:young"))
     damaged = image.copy()
     for row, col in hair[::2]:
-        damaged[row, col] = (196, 204, 232)
+        damaged[row, col] = HAIR_COLORS["old"]
     result = decoder.decode(damaged[None])[0]
     assert not result.ok and result.reason.startswith("hair")
 

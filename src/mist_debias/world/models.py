@@ -44,13 +44,13 @@ class WorldConfig:
     clip_p_attribute: float = 0.6
     unet_channels: tuple[int, ...] = (32, 64, 64, 64)
     unet_heads: int = 4
-    unet_steps: int = 3000
+    unet_steps: int = 6000
     unet_batch: int = 64
     unet_lr: float = 5e-4
     unet_ema_decay: float = 0.998
     unet_p_empty: float = 0.1
     unet_p_attribute: float = 0.5
-    latent_dataset: int = 20000
+    latent_dataset: int = 40000
 
     @classmethod
     def tiny(cls) -> WorldConfig:

@@ -4,13 +4,15 @@ One glyph is a head on a grey torso in front of a coloured background:
 
 * profession → background colour (one saturated colour per profession),
 * race       → skin colour of head and neck (three well separated tones),
-* age        → hair colour (young: near-black, old: light blue-grey),
+* age        → hair colour (young: dark navy, old: light blue),
 * gender     → hair length and head shape (man: square head, short cap of hair;
   woman: round head, long hair falling beside the head down to the shoulders).
 
 Every colour of :data:`PALETTE` is at least :data:`MIN_PALETTE_DISTANCE` apart (Euclidean, RGB 0–255) from
 every other, and the colour jitter is far smaller than half that distance, so a pixel's nearest palette
-colour names its part. Position (head centre) and colours are jittered per image from a numpy Generator,
+colour names its part. The three skin tones are at least :data:`MIN_SKIN_DISTANCE` apart: a generated
+face painted between two tones (a model that has not committed to one) is then far from both and counted
+as undecodable rather than read as either. Position (head centre) and colours are jittered per image from a numpy Generator,
 so the same generator state renders the same image.
 """
 
@@ -27,26 +29,27 @@ RACES: tuple[str, ...] = ("White", "Asian", "Black")
 AGES: tuple[str, ...] = ("young", "old")
 
 SKIN_COLORS: dict[str, tuple[int, int, int]] = {
-    "White": (250, 208, 178),
-    "Asian": (212, 156, 84),
-    "Black": (112, 66, 36),
+    "White": (255, 230, 210),
+    "Asian": (196, 140, 80),
+    "Black": (84, 46, 26),
 }
 HAIR_COLORS: dict[str, tuple[int, int, int]] = {
-    "young": (28, 22, 22),
-    "old": (196, 204, 232),
+    "young": (24, 28, 96),
+    "old": (150, 200, 255),
 }
-SHIRT_COLOR: tuple[int, int, int] = (128, 128, 128)
+SHIRT_COLOR: tuple[int, int, int] = (96, 96, 104)
 BACKGROUND_COLORS: dict[str, tuple[int, int, int]] = {
     "doctor": (40, 110, 225),
     "nurse": (232, 70, 150),
-    "CEO": (18, 96, 54),
-    "teacher": (250, 232, 30),
-    "lawyer": (112, 36, 160),
-    "chef": (236, 100, 24),
-    "engineer": (30, 196, 196),
-    "artist": (140, 214, 60),
+    "CEO": (18, 110, 40),
+    "teacher": (250, 236, 30),
+    "lawyer": (130, 30, 170),
+    "chef": (220, 20, 30),
+    "engineer": (30, 200, 190),
+    "artist": (150, 230, 60),
 }
-MIN_PALETTE_DISTANCE = 60.0
+MIN_PALETTE_DISTANCE = 80.0
+MIN_SKIN_DISTANCE = 150.0
 
 HEAD_CENTER = (12, 16)  # (row, column) before jitter
 HEAD_HALF = 6  # the head spans rows/cols centre-6 .. centre+5
