@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 from transformers import CLIPModel
 
+from mist_debias.world import train as train_module
 from mist_debias.world.models import WorldConfig
 from mist_debias.world.train import TrainingError, multi_positive_infonce, train_world
 
@@ -51,6 +53,38 @@ def test_same_seed_same_weights_and_resume_is_a_no_op(tiny_world, tmp_path):
     train_world(again, seed=0, config=WorldConfig.tiny(), resume=True)
     third = load_file(again / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(first[key], third[key]) for key in first)
+
+
+def test_unet_stage_resumes_mid_stage_bit_identically(tmp_path, monkeypatch):
+    config = dataclasses.replace(WorldConfig.tiny(), unet_steps=5)
+    whole = tmp_path / "whole"
+    train_world(whole, seed=0, config=config, checkpoint_every=2)
+    assert not (whole / "stages" / "unet-checkpoint").exists()
+
+    report = train_module._report
+    unet_steps_seen = []
+
+    def interrupt_at_unet_step_four(progress, task, status, every=250):
+        if progress.tasks[task].description == "unet":
+            unet_steps_seen.append(task)
+            if len(unet_steps_seen) == 4:
+                raise KeyboardInterrupt
+        report(progress, task, status, every)
+
+    interrupted = tmp_path / "interrupted"
+    monkeypatch.setattr(train_module, "_report", interrupt_at_unet_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        train_world(interrupted, seed=0, config=config, checkpoint_every=2)
+    monkeypatch.setattr(train_module, "_report", report)
+    state = json.loads((interrupted / "stages" / "unet-checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and len(state["losses"]) == 2
+    train_world(interrupted, seed=0, config=config, resume=True, checkpoint_every=2)
+
+    first = load_file(whole / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
+    second = load_file(interrupted / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    losses = [json.loads((folder / "stages" / "unet.json").read_text())["losses"] for folder in (whole, interrupted)]
+    assert losses[0] == losses[1] and len(losses[0]) == 5
 
 
 def test_output_folder_rules(tiny_world, tmp_path):

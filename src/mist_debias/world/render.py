@@ -12,8 +12,8 @@ Every colour of :data:`PALETTE` is at least :data:`MIN_PALETTE_DISTANCE` apart (
 every other, and the colour jitter is far smaller than half that distance, so a pixel's nearest palette
 colour names its part. The three skin tones are at least :data:`MIN_SKIN_DISTANCE` apart: a generated
 face painted between two tones (a model that has not committed to one) is then far from both and counted
-as undecodable rather than read as either. Position (head centre) and colours are jittered per image from a numpy Generator,
-so the same generator state renders the same image.
+as undecodable rather than read as either. Position (head centre) and colours are jittered per image
+from a numpy Generator, so the same generator state renders the same image.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ from transformers import (
 from mist_debias.clip_vocab import END_TOKEN, write_clip_tokenizer
 from mist_debias.world.bias import sample_attributes
 from mist_debias.world.captions import caption_fits, sample_captions
+from mist_debias.world.checkpoint import STATE_FILE, TrainingLoop, load_checkpoint, save_checkpoint
 from mist_debias.world.models import (
     MAX_TOKENS,
     WorldConfig,
@@ -265,8 +266,14 @@ def train_unet(
     text_encoder: CLIPTextModel,
     progress: Progress,
     device: str = "cpu",
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 500,
 ) -> tuple[UNet2DConditionModel, list[float]]:
-    """Stage 3: the UNet with the ε-prediction loss on the frozen text encoder; returns the EMA weights."""
+    """Stage 3: the UNet with the ε-prediction loss on the frozen text encoder; returns the EMA weights.
+
+    With ``checkpoint_dir``, the whole loop state is saved there every ``checkpoint_every`` steps and a
+    checkpoint found there is continued from; the result is bit-identical to an uninterrupted run.
+    """
     rng, generator = _rng(seed, "unet"), _torch_generator(seed, "unet")
     torch.manual_seed(seed + 2)
     people = sample_attributes(config.latent_dataset, rng)
@@ -279,9 +286,12 @@ def train_unet(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _cosine_lr(s, config.unet_steps, config.unet_steps // 20 + 1)
     )
-    task = progress.add_task("unet", total=config.unet_steps, status="")
-    losses = []
-    for _ in range(config.unet_steps):
+    loop = TrainingLoop(unet, ema, optimizer, schedule, rng, generator)
+    start, losses = 0, []
+    if checkpoint_dir is not None and (checkpoint_dir / STATE_FILE).is_file():
+        start, losses = load_checkpoint(checkpoint_dir, loop)
+    task = progress.add_task("unet", total=config.unet_steps, completed=start, status="")
+    for step in range(start, config.unet_steps):
         index = rng.integers(0, len(people), size=config.unet_batch)
         captions = sample_captions(
             [people[i] for i in index], rng, p_empty=config.unet_p_empty, p_attribute=config.unet_p_attribute
@@ -303,6 +313,8 @@ def train_unet(
         ema.step(unet.parameters())
         losses.append(loss.item())
         _report(progress, task, f"loss {np.mean(losses[-100:]):.4f}")
+        if checkpoint_dir is not None and (step + 1) % checkpoint_every == 0 and step + 1 < config.unet_steps:
+            save_checkpoint(checkpoint_dir, loop, step + 1, losses)
     ema.copy_to(unet.parameters())
     return unet.eval(), losses
 
@@ -408,11 +420,13 @@ def train_world(
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
     device: str = "cpu",
+    checkpoint_every: int = 500,
 ) -> Path:
     """Train the world into ``out_dir`` and return the pipeline folder ``out_dir/pipeline``.
 
     ``out_dir`` must be empty or absent, unless ``force`` (erase it first) or ``resume`` (continue after
-    the last finished stage; seed and configuration must match). Writes ``out_dir/training.json`` with
+    the last finished stage, or from the UNet stage's last checkpoint, saved every ``checkpoint_every``
+    steps; seed and configuration must match). Writes ``out_dir/training.json`` with
     the configuration, per-stage wall time and loss curves. ``device`` selects where the models train
     (random draws come from CPU generators on every device; bit-identical results hold per device).
     """
@@ -457,8 +471,12 @@ def train_world(
         text_encoder.requires_grad_(False)
         if not (stages_dir / "unet.json").is_file():
             started = time.time()
-            unet, losses = train_unet(config, seed, vae, tokenizer, text_encoder, progress, device)
+            partial = stages_dir / "unet-checkpoint"
+            unet, losses = train_unet(
+                config, seed, vae, tokenizer, text_encoder, progress, device, partial, checkpoint_every
+            )
             finish_stage("unet", unet, started, losses)
+            shutil.rmtree(partial, ignore_errors=True)
         unet = UNet2DConditionModel.from_pretrained(stages_dir / "unet").eval()
 
     save_pipeline(out_dir / "pipeline", vae.cpu(), text_encoder.cpu(), tokenizer, unet)
