@@ -19,6 +19,7 @@ from mist_debias import __version__
 from mist_debias.cli_choices import DtypeChoice
 from mist_debias.errors import MistError
 from mist_debias.evaluate_cli import evaluate_command, report_command
+from mist_debias.world.bundled import WORLD_GUIDANCE
 from mist_debias.world.cli import world_app
 
 app = typer.Typer(
@@ -250,7 +251,6 @@ def info(
 
 WORLD_DEMO_CONCEPT = "doctor"
 WORLD_DEMO_AXIS = "gender=man,woman"
-WORLD_GUIDANCE = 5.0
 WORLD_BATCH_SIZE = 64
 
 

@@ -208,3 +208,12 @@ def test_text_from_folders_is_escaped(run_folder, tmp_path):
     text = build_report([run_folder], tmp_path / "r.html").read_text()
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "a &amp; b" in text and "<i>" not in text
+
+
+def test_unusable_bench_folder(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({"settings": {}, "rows": []}))
+    with pytest.raises(ReportSourceError, match="has no rows"):
+        read_source(tmp_path)
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": [{"concept": "doctor", "method": "uce"}]}))
+    with pytest.raises(ReportSourceError, match="row 0 lacks cells, ratios, lower, upper"):
+        read_source(tmp_path)

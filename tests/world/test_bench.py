@@ -11,7 +11,8 @@ from mist_debias.edit import Edit, fingerprint
 from mist_debias.layers import find_cross_attention_projections
 from mist_debias.metrics import wilson_interval
 from mist_debias.pipeline import load_pipeline
-from mist_debias.report.sources import read_source
+from mist_debias.report import build_report
+from mist_debias.report.sources import BenchSource, read_source
 from mist_debias.runner import run_preserve_prompts
 from mist_debias.world.bench import (
     BENCH_METHODS,
@@ -88,6 +89,27 @@ def test_every_row_is_a_run_folder_the_report_reads(bench):
         (concept,) = source.summary["concepts"]
         assert concept["cells"] == row["cells"]
         assert concept["after_fresh_seeds"]["n"] + concept["after_fresh_seeds"]["n_invalid"] == 3
+
+
+def test_the_report_renders_the_bench_table(bench, tmp_path):
+    _, out, rows = bench
+    source = read_source(out)
+    assert isinstance(source, BenchSource) and source.concepts() == list(CONCEPTS)
+    assert source.target("CEO") == [0.25] * 4
+    text = build_report([out], tmp_path / "bench.html").read_text()
+    assert ">World benchmark</h2>" in text
+    for concept in CONCEPTS:
+        section = text[text.index(f">Benchmark: {concept}</h2>") :]
+        section = section[: section.index("</table>")]
+        assert section.count("<tr>") == 1 + len(BENCH_METHODS)  # header + one row per method
+        for row in (r for r in rows if r["concept"] == concept):
+            assert f"<td>{row['method']}</td>" in section
+            ratio, lower, upper = (
+                "–" if x is None else f"{x:.2f}" for x in (row[k][0] for k in ("ratios", "lower", "upper"))
+            )
+            first = f"{ratio} [{lower}, {upper}]"
+            assert first in section
+            assert f">{row['images']}</td>" in section
 
 
 def test_loop_costs_are_the_runs_own(bench):

@@ -1,4 +1,4 @@
-"""Assemble the HTML report from evaluation and run folders."""
+"""Assemble the HTML report from evaluation, run and benchmark folders."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mist_debias import __version__
 from mist_debias.atomic import atomic_file
 from mist_debias.report import html
 from mist_debias.report.plots import Panel, Series, deviation_chart, distribution_chart, heatmap_chart, trajectory_chart
-from mist_debias.report.sources import EvaluationSource, RunSource, number, read_source
+from mist_debias.report.sources import BenchSource, EvaluationSource, RunSource, number, read_source
 
 
 def build_report(sources: Sequence[Path], out: Path, grid_images: int = 8, force: bool = False) -> Path:
@@ -26,6 +26,8 @@ def build_report(sources: Sequence[Path], out: Path, grid_images: int = 8, force
         anchor = f"s{index}"
         if isinstance(source, EvaluationSource):
             sections.extend(evaluation_sections(source, anchor, grid_images))
+        elif isinstance(source, BenchSource):
+            sections.extend(bench_sections(source, anchor))
         else:
             sections.extend(run_sections(source, anchor))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -431,3 +433,97 @@ def _run_concept(source: RunSource, concept: dict) -> str:
             )
         )
     return "".join(body) or "<p class='muted'>no measurements</p>"
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+
+
+def _shifts_cell(row: dict) -> str:
+    """Largest shift of each axis over the unedited professions, in points (``gender 1.2 / race 0.4 …``)."""
+    parts = []
+    for key, value in row.items():
+        if key.startswith("preserve_max_") and key.endswith("_shift"):
+            axis = key.removeprefix("preserve_max_").removesuffix("_shift")
+            parts.append(f"{html.escape(axis)} {html.fmt(None if value is None else 100 * number(value), 1)}")
+    return "<br>".join(parts) or "–"
+
+
+def _status_cell(row: dict) -> str:
+    converged, reason = row.get("converged"), row.get("reason") or ""
+    if converged is None:
+        return f"<span class='muted'>{html.escape(reason or '–')}</span>"
+    word = html.verdict(bool(converged), "converged", "not converged")
+    return word + (f"<br><span class='muted'>{html.escape(reason)}</span>" if reason and not converged else "")
+
+
+def bench_sections(source: BenchSource, anchor: str) -> list[tuple[str, str, str]]:
+    """Overview of the settings, Δ per concept and method, and per concept: the table and the cell bars."""
+    settings = source.settings
+    overview = html.meta_table(
+        [
+            ("folder", html.escape(source.folder)),
+            ("model", html.escape(settings.get("model") or "bundled world")),
+            ("image budget per run", html.fmt(settings.get("budget"))),
+            ("tolerance", html.fmt(settings.get("tolerance"), 3)),
+            ("measured images per concept", html.fmt(settings.get("validate"))),
+            ("images per unedited profession", html.fmt(settings.get("preserve_images") or settings.get("validate"))),
+            (
+                "sampler",
+                f"DDIM {html.fmt(settings.get('steps'))} steps, guidance {html.fmt(settings.get('guidance'), 1)}",
+            ),
+            ("seed", html.fmt(settings.get("seed"))),
+        ]
+    )
+    concepts = source.concepts()
+    methods = list(dict.fromkeys(row["method"] for row in source.rows))
+    by_key = {(row["concept"], row["method"]): row for row in source.rows}
+    deltas = [
+        Series(method, [number((by_key.get((concept, method)) or {}).get("deviation")) for concept in concepts])
+        for method in methods
+    ]
+    overview += html.figure(deviation_chart(concepts, deltas, "Δ after each method (oracle)", None), "deviation")
+    sections = [(f"{anchor}-bench", "World benchmark", overview)]
+    for concept in concepts:
+        rows = [row for row in source.rows if row["concept"] == concept]
+        cells = list(rows[0]["cells"])
+        table = html.table(
+            [
+                "method",
+                "oracle distribution [95%]",
+                "Δ",
+                "status",
+                "images",
+                "UNet evals",
+                "wall s",
+                "profession kept",
+                "unedited: max shift (pts)",
+                "unedited: moved",
+                "unedited: pixel Δ",
+            ],
+            [
+                [
+                    html.escape(row["method"]),
+                    _ratios_cell(row, cells),
+                    html.fmt(row.get("deviation")),
+                    _status_cell(row),
+                    html.fmt(row.get("images")),
+                    html.fmt(row.get("unet_evaluations")),
+                    html.fmt(row.get("wall_time_s"), 1),
+                    html.fmt(row.get("profession_kept")),
+                    _shifts_cell(row),
+                    html.escape(", ".join(row.get("preserve_moved") or []) or "none"),
+                    html.fmt(row.get("preserve_pixel_change"), 4),
+                ]
+                for row in rows
+            ],
+            numeric=(2, 4, 5, 6, 7, 10),
+        )
+        panel = Panel(
+            f"{concept}: oracle distribution per method",
+            cells,
+            [_series(r["method"], r) for r in rows],
+            source.target(concept),
+        )
+        table += html.figure(distribution_chart([panel]), f"{concept} distributions")
+        sections.append((f"{anchor}-bench-{_slug(concept)}", f"Benchmark: {concept}", table))
+    return sections

@@ -1,9 +1,11 @@
-"""Read what a report shows: an evaluation folder (``mist evaluate``) or a debias run folder (``mist debias``).
+"""Read what a report shows: an evaluation folder (``mist evaluate``), a debias run folder (``mist debias``) or a
+world benchmark folder (``mist world bench``).
 
 An evaluation folder has ``evaluation.json`` (the plan), ``metrics.json`` and ``results.json``. A run folder
 has ``summary.json`` and usually ``config.json`` (the resolved run config) and ``log.jsonl`` (one JSON object
 per iteration: iteration, concept, mode, weights, counts, n_invalid, n_images, ratios, lower, upper,
-images_total, unet_evaluations, wall_time_s). Optional keys may be missing; required ones are checked with
+images_total, unet_evaluations, wall_time_s). A benchmark folder has ``bench.json`` (settings, one flat row
+per concept × method, and the full measurements). Optional keys may be missing; required ones are checked with
 one-line errors.
 """
 
@@ -21,6 +23,8 @@ from mist_debias.evaluate import FORMAT, MANIFEST_FILE, METRICS_FILE, RESULTS_JS
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
+BENCH_FILE = "bench.json"
+BENCH_ROW_KEYS = ("concept", "method", "cells", "ratios", "lower", "upper")
 
 
 class ReportSourceError(MistError):
@@ -62,6 +66,29 @@ class RunSource:
         if isinstance(axes, list):
             return [(str(a.get("name")), [str(v) for v in a.get("values", [])]) for a in axes if isinstance(a, dict)]
         return []
+
+
+@dataclass
+class BenchSource:
+    """A world benchmark: its settings, one row per concept × method, and the per-row measurements."""
+
+    folder: Path
+    settings: dict
+    rows: list[dict]
+    measurements: list[dict] = field(default_factory=list)
+
+    def concepts(self) -> list[str]:
+        """The benchmarked concepts in table order."""
+        return list(dict.fromkeys(row["concept"] for row in self.rows))
+
+    def target(self, concept: str) -> list[float]:
+        """The concept's target distribution (from its measurements; uniform when none is recorded)."""
+        for measurement in self.measurements:
+            target = (measurement.get("distribution") or {}).get("target")
+            if measurement.get("concept") == concept and target:
+                return [number(t) for t in target]
+        cells = next(row["cells"] for row in self.rows if row["concept"] == concept)
+        return [1.0 / len(cells)] * len(cells)
 
 
 def _read_json(path: Path) -> Any:
@@ -119,8 +146,28 @@ def read_run(folder: Path) -> RunSource:
     return RunSource(folder=folder, summary=summary, config=config if isinstance(config, dict) else {}, log=log)
 
 
-def read_source(folder: Path) -> EvaluationSource | RunSource:
-    """An evaluation or a run, recognised by its files; anything else is a :class:`ReportSourceError`."""
+def read_bench(folder: Path) -> BenchSource:
+    """Read a finished benchmark folder (``bench.json`` with its rows)."""
+    payload = _read_json(folder / BENCH_FILE)
+    rows = payload.get("rows") if isinstance(payload, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise ReportSourceError(f"{folder / BENCH_FILE} has no rows")
+    for index, row in enumerate(rows):
+        missing = [key for key in BENCH_ROW_KEYS if not isinstance(row, dict) or key not in row]
+        if missing:
+            raise ReportSourceError(f"{folder / BENCH_FILE}: row {index} lacks {', '.join(missing)}")
+    measurements = payload.get("measurements")
+    return BenchSource(
+        folder=folder,
+        settings=payload.get("settings") if isinstance(payload.get("settings"), dict) else {},
+        rows=rows,
+        measurements=measurements if isinstance(measurements, list) else [],
+    )
+
+
+def read_source(folder: Path) -> EvaluationSource | RunSource | BenchSource:
+    """An evaluation, a run or a benchmark, recognised by its files; anything else is a
+    :class:`ReportSourceError`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ReportSourceError(f"{folder} is not a folder")
@@ -128,8 +175,11 @@ def read_source(folder: Path) -> EvaluationSource | RunSource:
         return read_evaluation(folder)
     if (folder / SUMMARY_FILE).is_file():
         return read_run(folder)
+    if (folder / BENCH_FILE).is_file():
+        return read_bench(folder)
     raise ReportSourceError(
-        f"{folder} is not an evaluation folder ({MANIFEST_FILE}) nor a debias run folder ({SUMMARY_FILE})"
+        f"{folder} is not an evaluation folder ({MANIFEST_FILE}), a debias run folder ({SUMMARY_FILE}) "
+        f"nor a benchmark folder ({BENCH_FILE})"
     )
 
 

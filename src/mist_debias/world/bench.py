@@ -73,7 +73,7 @@ from mist_debias.prompts import concept_prompt
 from mist_debias.runner import ORACLE, is_bundled_world, prepare_run
 from mist_debias.spec import AttributeSpec, Axis
 from mist_debias.world.bias import PROFESSIONS
-from mist_debias.world.bundled import bundled_world_path
+from mist_debias.world.bundled import WORLD_GUIDANCE, bundled_world_path
 from mist_debias.world.oracle import WorldOracle
 from mist_debias.world.render import AGES, GENDERS, RACES
 
@@ -161,7 +161,7 @@ class BenchSettings:
     preserve_images: int | None = None
     tolerance: float = 0.05
     steps: int = 20
-    guidance: float = 5.0
+    guidance: float = WORLD_GUIDANCE
     batch_size: int = 64
     official_images: int = 128
 

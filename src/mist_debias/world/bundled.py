@@ -6,6 +6,9 @@ from importlib import resources
 from pathlib import Path
 
 BUNDLED_DIR = ("assets", "world")
+WORLD_GUIDANCE = 5.0
+"""Classifier-free guidance at which the shipped world's quality bar is measured; the default of every
+command that generates on the world."""
 
 
 def bundled_world_dir() -> Path:

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mist_debias.world.bundled import WORLD_GUIDANCE
+
 world_app = typer.Typer(help="The synthetic world: a tiny text-to-image model with planted bias.")
 
 
@@ -42,7 +44,7 @@ def quality(
     out: Path = typer.Option(..., "--out", help="JSON file to write."),
     num_images: int = typer.Option(200, "--num-images", help="Images per prompt."),
     steps: int = typer.Option(20, "--steps", help="DDIM steps."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    guidance: float = typer.Option(WORLD_GUIDANCE, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image."),
     device: str = typer.Option("cpu", "--device", help="torch device to generate on."),
     clip: Path = typer.Option(None, "--clip", help="Also grade the world's CLIP zero-shot gender (folder)."),
@@ -74,7 +76,7 @@ def bench(
     validate: int = typer.Option(200, "--validate", help="Images of each concept measured after the loop."),
     preserve_images: int = typer.Option(None, "--preserve-images", help="Images per unedited profession."),
     steps: int = typer.Option(20, "--steps", help="DDIM steps."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    guidance: float = typer.Option(WORLD_GUIDANCE, "--guidance", help="Classifier-free guidance scale."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
     official_images: int = typer.Option(128, "--official-images", help="Images per official-loop iteration."),
     force: bool = typer.Option(False, "--force", help="Erase OUT first (default: reuse its finished runs)."),

@@ -30,6 +30,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from mist_debias.world.bias import CONTROL_PROFESSIONS, PROFESSIONS, TABLE_SHAPE, planted_table
+from mist_debias.world.bundled import WORLD_GUIDANCE
 from mist_debias.world.captions import bare_caption, caption_fits
 from mist_debias.world.models import EOS_TOKEN_ID, MAX_TOKENS
 from mist_debias.world.oracle import Decoded, WorldDecoder
@@ -178,7 +179,7 @@ def measure_quality(
     model: Path,
     num_images: int = 200,
     steps: int = 20,
-    guidance: float = 5.0,
+    guidance: float = WORLD_GUIDANCE,
     seed: int = 0,
     device: str = "cpu",
     clip_model: Path | None = None,
