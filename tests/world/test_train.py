@@ -9,8 +9,17 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from mist_debias.world import train as train_module
+from mist_debias.world.bias import sample_attributes
+from mist_debias.world.captions import every_caption, sample_captions
 from mist_debias.world.models import WorldConfig
-from mist_debias.world.train import TrainingError, multi_positive_infonce, train_world
+from mist_debias.world.train import (
+    TrainingError,
+    encode_prompts,
+    multi_positive_infonce,
+    text_encoder_from_clip,
+    train_world,
+    trained_token_ids,
+)
 
 
 def test_tiny_world_is_a_standard_pipeline_that_generates(tiny_world):
@@ -114,3 +123,28 @@ def test_multi_positive_infonce_matches_its_equation():
     expected = 0.5 * (image_loss + text_loss)
     actual = multi_positive_infonce(image, text, positives, scale).item()
     assert actual == pytest.approx(expected, rel=1e-5)
+
+
+def test_every_sampled_caption_is_in_the_caption_list():
+    rng = np.random.default_rng(3)
+    listed = set(every_caption())
+    sampled = sample_captions(sample_attributes(3000, rng), rng, p_empty=0.1, p_attribute=0.6)
+    assert set(sampled) <= listed and "" in listed
+    assert len(set(sampled)) > 500
+
+
+def test_untrained_token_rows_are_zero_and_captions_encode_as_before(tiny_world):
+    pipeline = StableDiffusionPipeline.from_pretrained(tiny_world / "pipeline")
+    keep = trained_token_ids(pipeline.tokenizer)
+    rows = pipeline.text_encoder.get_input_embeddings().weight
+    nonzero = torch.nonzero(rows.abs().sum(dim=1)).flatten().tolist()
+    assert nonzero == keep and len(keep) < 40
+    # the stage's CLIP before zeroing, stored in float16 as the pipeline is: same encoding of every caption
+    stage = text_encoder_from_clip(CLIPModel.from_pretrained(tiny_world / "stages" / "clip")).half().float()
+    assert torch.count_nonzero(stage.get_input_embeddings().weight.abs().sum(dim=1)) > 49000
+    captions = every_caption()[::40]
+    before = encode_prompts(pipeline.tokenizer, stage, captions)
+    after = encode_prompts(pipeline.tokenizer, pipeline.text_encoder, captions)
+    assert torch.equal(before, after)
+    clip_rows = CLIPModel.from_pretrained(tiny_world / "clip").text_model.embeddings.token_embedding.weight
+    assert torch.nonzero(clip_rows.abs().sum(dim=1)).flatten().tolist() == keep

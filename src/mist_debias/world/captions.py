@@ -14,6 +14,7 @@ Attribute words: gender ``male``/``female`` (adjective) or ``man``/``woman`` (no
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -78,6 +79,21 @@ def sample_caption(
         named = rng.random(3) < NAMED_ATTRIBUTE_PROBABILITY
     form = ("adjective", "person", "working")[int(rng.choice(3, p=(0.5, 0.25, 0.25)))]
     return attribute_caption(attributes, bool(named[0]), bool(named[1]), bool(named[2]), form, template)
+
+
+def every_caption() -> list[str]:
+    """Every caption :func:`sample_caption` can draw (sorted, the empty caption included)."""
+    captions = {""}
+    for template in TEMPLATES:
+        for profession in BACKGROUND_COLORS:
+            captions.add(bare_caption(profession, template))
+            for gender, race, age in itertools.product(GENDER_ADJECTIVES, RACES, AGES):
+                person = Attributes(gender, race, age, profession)
+                for named in itertools.product((False, True), repeat=3):
+                    if any(named):
+                        for form in ("adjective", "person", "working"):
+                            captions.add(attribute_caption(person, *named, form=form, template=template))
+    return sorted(captions)
 
 
 def sample_captions(

@@ -53,7 +53,7 @@ from transformers import (
 
 from mist_debias.clip_vocab import END_TOKEN, write_clip_tokenizer
 from mist_debias.world.bias import sample_attributes
-from mist_debias.world.captions import caption_fits, sample_captions
+from mist_debias.world.captions import caption_fits, every_caption, sample_captions
 from mist_debias.world.checkpoint import STATE_FILE, TrainingLoop, load_checkpoint, save_checkpoint
 from mist_debias.world.models import (
     MAX_TOKENS,
@@ -233,6 +233,25 @@ def text_encoder_from_clip(clip: CLIPModel) -> CLIPTextModel:
     encoder = CLIPTextModel(text_config)
     encoder.load_state_dict(clip.text_model.state_dict())
     return encoder.eval()
+
+
+def trained_token_ids(tokenizer: CLIPTokenizer) -> list[int]:
+    """The token ids that occur in some training caption (:func:`~mist_debias.world.captions.every_caption`)."""
+    ids = {token for caption in every_caption() for token in tokenizer(caption).input_ids}
+    return sorted(ids | {tokenizer.pad_token_id})
+
+
+def zero_untrained_token_embeddings(embedding: torch.nn.Embedding, keep: list[int]) -> None:
+    """Set every row of ``embedding`` outside ``keep`` to zero, in place.
+
+    Rows of tokens that no caption contains never received a gradient: they hold initialisation noise that no
+    world prompt reads. Zeroing them leaves the encoding of every training caption bit-identical and lets the
+    shipped weight files (49,408 × hidden rows, of which a few dozen are trained) compress to a fraction.
+    """
+    mask = torch.ones(embedding.num_embeddings, dtype=torch.bool)
+    mask[keep] = False
+    with torch.no_grad():
+        embedding.weight[mask] = 0.0
 
 
 def encode_prompts(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: list[str]) -> torch.Tensor:
@@ -479,6 +498,9 @@ def train_world(
             shutil.rmtree(partial, ignore_errors=True)
         unet = UNet2DConditionModel.from_pretrained(stages_dir / "unet").eval()
 
+    keep = trained_token_ids(tokenizer)
+    for embedding in (text_encoder.get_input_embeddings(), clip.text_model.embeddings.token_embedding):
+        zero_untrained_token_embeddings(embedding, keep)
     save_pipeline(out_dir / "pipeline", vae.cpu(), text_encoder.cpu(), tokenizer, unet)
     save_clip(out_dir / "clip", clip, tokenizer_dir)
     summary = {
