@@ -25,6 +25,8 @@ TEMPLATES: tuple[str, ...] = ("a photo of {}", "an image of {}", "a picture of {
 GENDER_ADJECTIVES: dict[str, str] = {"man": "male", "woman": "female"}
 GENDER_WORDS: dict[str, str] = {"man": "man", "male": "man", "woman": "woman", "female": "woman"}
 NAMED_ATTRIBUTE_PROBABILITY = 0.5
+CAPTION_FORMS: tuple[str, ...] = ("adjective", "person", "working")
+CAPTION_FORM_PROBABILITIES: tuple[float, ...] = (0.5, 0.25, 0.25)
 
 
 def with_article(phrase: str) -> str:
@@ -77,7 +79,7 @@ def sample_caption(
     named = rng.random(3) < NAMED_ATTRIBUTE_PROBABILITY
     while not named.any():
         named = rng.random(3) < NAMED_ATTRIBUTE_PROBABILITY
-    form = ("adjective", "person", "working")[int(rng.choice(3, p=(0.5, 0.25, 0.25)))]
+    form = CAPTION_FORMS[int(rng.choice(len(CAPTION_FORMS), p=CAPTION_FORM_PROBABILITIES))]
     return attribute_caption(attributes, bool(named[0]), bool(named[1]), bool(named[2]), form, template)
 
 
@@ -91,7 +93,7 @@ def every_caption() -> list[str]:
                 person = Attributes(gender, race, age, profession)
                 for named in itertools.product((False, True), repeat=3):
                     if any(named):
-                        for form in ("adjective", "person", "working"):
+                        for form in CAPTION_FORMS:
                             captions.add(attribute_caption(person, *named, form=form, template=template))
     return sorted(captions)
 
