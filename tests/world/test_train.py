@@ -11,7 +11,7 @@ from transformers import CLIPModel
 from mist_debias.world import train as train_module
 from mist_debias.world.bias import sample_attributes
 from mist_debias.world.captions import every_caption, sample_captions
-from mist_debias.world.models import WorldConfig
+from mist_debias.world.models import WorldConfig, build_train_scheduler
 from mist_debias.world.train import (
     TrainingError,
     encode_prompts,
@@ -148,3 +148,24 @@ def test_untrained_token_rows_are_zero_and_captions_encode_as_before(tiny_world)
     assert torch.equal(before, after)
     clip_rows = CLIPModel.from_pretrained(tiny_world / "clip").text_model.embeddings.token_embedding.weight
     assert torch.nonzero(clip_rows.abs().sum(dim=1)).flatten().tolist() == keep
+
+
+def test_min_snr_weighting_matches_its_equation():
+    scheduler = build_train_scheduler()
+    generator = torch.Generator().manual_seed(0)
+    prediction, noise = torch.randn(6, 4, 8, 8, generator=generator), torch.randn(6, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([0, 10, 100, 300, 600, 999])
+    plain = train_module._denoising_loss(prediction, noise, timesteps, scheduler, WorldConfig())
+    assert torch.allclose(plain, ((prediction - noise) ** 2).mean())
+    gamma = 5.0
+    weighted = train_module._denoising_loss(
+        prediction, noise, timesteps, scheduler, dataclasses.replace(WorldConfig(), unet_snr_gamma=gamma)
+    )
+    alpha_bar = scheduler.alphas_cumprod[timesteps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = (
+        torch.minimum(snr, torch.tensor(gamma)) / snr * ((prediction - noise) ** 2).double().mean((1, 2, 3))
+    ).mean()
+    assert torch.allclose(weighted.double(), expected, rtol=1e-5)
+    # low-noise samples (SNR > γ) are down-weighted, high-noise ones keep weight 1
+    assert snr[0] > gamma and snr[-1] < gamma and weighted < plain

@@ -48,6 +48,7 @@ class WorldConfig:
     unet_batch: int = 64
     unet_lr: float = 5e-4
     unet_ema_decay: float = 0.998
+    unet_snr_gamma: float | None = None
     unet_p_empty: float = 0.1
     unet_p_attribute: float = 0.5
     latent_dataset: int = 40000

@@ -16,7 +16,9 @@ the first unfinished stage with the same result:
    treat the many duplicate and compatible captions of a batch as negatives.
 3. **UNet** (SD1 layout) on the *frozen* text encoder's last hidden state of 77 tokens padded with
    ``<|endoftext|>`` (SD1's convention), with the ε-prediction loss
-   ``‖ε − ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t, c)‖²`` and an exponential moving average of the weights.
+   ``‖ε − ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t, c)‖²`` and an exponential moving average of the weights. With
+   ``unet_snr_gamma = γ`` each sample's loss is weighted by ``min(SNR_t, γ) / SNR_t``,
+   ``SNR_t = ᾱ_t / (1 − ᾱ_t)`` (Min-SNR weighting for ε-prediction).
 
 The result is a standard ``StableDiffusionPipeline`` folder (``out_dir/pipeline``) and the CLIP model with
 its tokenizer (``out_dir/clip``, a zero-shot classifier of the world). Every random draw comes from
@@ -37,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.training_utils import EMAModel
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -277,6 +279,22 @@ def encode_latent_dataset(
     return torch.cat(means), torch.cat(stds)
 
 
+def _denoising_loss(
+    prediction: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise_scheduler: DDPMScheduler,
+    config: WorldConfig,
+) -> torch.Tensor:
+    """Mean ‖ε − ε_θ‖², per sample weighted by ``min(SNR_t, γ) / SNR_t`` when ``config.unet_snr_gamma`` is set."""
+    if config.unet_snr_gamma is None:
+        return F.mse_loss(prediction, noise)
+    snr = compute_snr(noise_scheduler, timesteps)
+    weights = torch.clamp(snr, max=config.unet_snr_gamma) / snr
+    per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+    return (weights * per_sample).mean()
+
+
 def train_unet(
     config: WorldConfig,
     seed: int,
@@ -323,7 +341,7 @@ def train_unet(
         steps = noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, steps, (len(index),), generator=generator).to(device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        loss = F.mse_loss(unet(noisy, timesteps, conditioning).sample, noise)
+        loss = _denoising_loss(unet(noisy, timesteps, conditioning).sample, noise, timesteps, noise_scheduler, config)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
