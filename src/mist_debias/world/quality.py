@@ -8,7 +8,8 @@ and decoded. Reported:
   planted table P, ``max_cell |r − P|`` (bar ≤ 0.1), and the rate at which the profession is kept,
 * attribute prompts: the fraction of decoded images that carry every attribute the prompt names (bar ≥ 0.9),
 * control professions: the woman fraction with its 95% Wilson interval, which must contain ½,
-* text-encoder geometry: cosines between first-EOS embeddings of prompt pairs, the keys MIST edits.
+* text-encoder geometry: cosines between first-EOS embeddings of prompt pairs, the keys MIST edits,
+* autoencoder geometry: how far a change of each attribute moves the latents (:func:`latent_separation`).
 
 The Wilson interval for k successes in n trials at z = 1.96 is
 
@@ -17,6 +18,8 @@ The Wilson interval for k successes in n trials at z = 1.96 is
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 import os
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
@@ -34,7 +37,8 @@ from mist_debias.world.bundled import WORLD_GUIDANCE
 from mist_debias.world.captions import bare_caption, caption_fits
 from mist_debias.world.models import EOS_TOKEN_ID, MAX_TOKENS
 from mist_debias.world.oracle import Decoded, WorldDecoder
-from mist_debias.world.render import AGES, GENDERS, RACES
+from mist_debias.world.render import AGES, GENDERS, RACES, Attributes, render_batch
+from mist_debias.world.train import images_to_tensor
 
 ATTRIBUTE_PROMPTS: tuple[str, ...] = (
     "a photo of a female doctor",
@@ -175,6 +179,50 @@ def _prompt_report(prompt: str, decoded: list[Decoded]) -> dict:
     }
 
 
+def latent_separation(vae: AutoencoderKL, seed: int = 0) -> dict[str, float]:
+    """How far a change of one attribute moves the autoencoder's latents, per axis.
+
+    Every cell of gender × race × age × profession x_i is rendered twice with the same jitter: as is and
+    with attribute a set to each other value v. With μ the posterior mean and f the scaling factor (the
+    latents the UNet learns), the separation of axis a is
+
+        s_a = mean_{i, v} Σ_{h, w} ‖ f·μ(x_i^{a=v})[:, h, w] − f·μ(x_i)[:, h, w] ‖₂,
+
+    the per-position distance over latent channels summed over positions. Also reported for each pair of
+    adjacent races (``"race:White-Asian"``, …).
+    """
+    people = [Attributes(*cell) for cell in itertools.product(GENDERS, RACES, AGES, PROFESSIONS)]
+    device = next(vae.parameters()).device
+
+    def latents(group: list[Attributes]) -> torch.Tensor:
+        batch = images_to_tensor(render_batch(group, np.random.default_rng(seed))).to(device)
+        with torch.no_grad():
+            return vae.config.scaling_factor * vae.encode(batch).latent_dist.mean.cpu()
+
+    def separation(changed: list[Attributes], reference: list[Attributes]) -> float:
+        return (latents(changed) - latents(reference)).norm(dim=1).sum(dim=(1, 2)).mean().item()
+
+    result = {}
+    for axis, values in (("gender", GENDERS), ("race", RACES), ("age", AGES), ("profession", PROFESSIONS)):
+        distances = []
+        for shift in range(1, len(values)):
+            changed = [
+                dataclasses.replace(p, **{axis: values[(values.index(getattr(p, axis)) + shift) % len(values)]})
+                for p in people
+            ]
+            distances.append(separation(changed, people))
+        result[axis] = round(float(np.mean(distances)), 2)
+    for left, right in itertools.pairwise(RACES):
+        result[f"race:{left}-{right}"] = round(
+            separation(
+                [dataclasses.replace(p, race=right) for p in people],
+                [dataclasses.replace(p, race=left) for p in people],
+            ),
+            2,
+        )
+    return result
+
+
 def measure_quality(
     model: Path,
     num_images: int = 200,
@@ -184,7 +232,9 @@ def measure_quality(
     device: str = "cpu",
     clip_model: Path | None = None,
 ) -> dict:
-    """Generate, decode and score every prompt; returns ``{"summary", "bare", "attribute", "eos_cosine"}``.
+    """Generate, decode and score every prompt.
+
+    Returns ``{"settings", "summary", "eos_cosine", "latent_separation", "bare", "attribute", "clip_vs_oracle"}``.
 
     With ``clip_model`` (the world's CLIP folder), also the zero-shot CLIP gender of the bare-prompt images
     against the oracle (``"clip_vs_oracle"``): agreement and both woman fractions per profession.
@@ -229,6 +279,7 @@ def measure_quality(
         "settings": {"num_images": num_images, "steps": steps, "guidance": guidance, "seed": seed, "device": device},
         "summary": summary,
         "eos_cosine": eos_cosines(pipeline),
+        "latent_separation": latent_separation(pipeline.vae),
         "bare": bare,
         "attribute": attribute,
         "clip_vs_oracle": clip_vs_oracle,
