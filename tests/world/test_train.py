@@ -6,10 +6,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
-from transformers import CLIPModel
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from mist_debias.world import train as train_module
 from mist_debias.world.bias import sample_attributes
+from mist_debias.world.bundled import bundled_world_path
 from mist_debias.world.captions import every_caption, sample_captions
 from mist_debias.world.models import WorldConfig, build_train_scheduler
 from mist_debias.world.train import (
@@ -169,3 +170,15 @@ def test_min_snr_weighting_matches_its_equation():
     assert torch.allclose(weighted.double(), expected, rtol=1e-5)
     # low-noise samples (SNR > γ) are down-weighted, high-noise ones keep weight 1
     assert snr[0] > gamma and snr[-1] < gamma and weighted < plain
+
+
+def test_caption_encodings_equal_encoding_each_batch_directly():
+    pipeline_dir = bundled_world_path()
+    tokenizer = CLIPTokenizer.from_pretrained(pipeline_dir / "tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(pipeline_dir / "text_encoder")
+    encodings = train_module.CaptionEncodings(tokenizer, text_encoder)
+    assert encodings.table.shape == (len(every_caption()), 77, text_encoder.config.hidden_size)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        captions = sample_captions(sample_attributes(64, rng), rng, p_empty=0.1, p_attribute=0.5)
+        assert torch.equal(encodings(captions), encode_prompts(tokenizer, text_encoder, captions))

@@ -279,6 +279,25 @@ def encode_latent_dataset(
     return torch.cat(means), torch.cat(stds)
 
 
+class CaptionEncodings:
+    """The frozen text encoder's output for every possible training caption, encoded once.
+
+    The captions are few (:func:`~mist_debias.world.captions.every_caption`), so the UNet stage looks its
+    conditioning up instead of running the text encoder on every step; each caption is encoded on its own
+    row, so a lookup equals encoding the batch directly (tested).
+    """
+
+    def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, chunk: int = 256) -> None:
+        captions = every_caption()
+        self.index = {caption: row for row, caption in enumerate(captions)}
+        self.table = torch.cat(
+            [encode_prompts(tokenizer, text_encoder, captions[i : i + chunk]) for i in range(0, len(captions), chunk)]
+        )
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        return self.table[[self.index[caption] for caption in captions]]
+
+
 def _denoising_loss(
     prediction: torch.Tensor,
     noise: torch.Tensor,
@@ -324,6 +343,7 @@ def train_unet(
         optimizer, lambda s: _cosine_lr(s, config.unet_steps, config.unet_steps // 20 + 1)
     )
     loop = TrainingLoop(unet, ema, optimizer, schedule, rng, generator)
+    encodings = CaptionEncodings(tokenizer, text_encoder)
     start, losses = 0, []
     if checkpoint_dir is not None and (checkpoint_dir / STATE_FILE).is_file():
         start, losses = load_checkpoint(checkpoint_dir, loop)
@@ -333,7 +353,7 @@ def train_unet(
         captions = sample_captions(
             [people[i] for i in index], rng, p_empty=config.unet_p_empty, p_attribute=config.unet_p_attribute
         )
-        conditioning = encode_prompts(tokenizer, text_encoder, captions)
+        conditioning = encodings(captions)
         batch_index = torch.from_numpy(index).to(means.device)
         mean, std = means[batch_index], stds[batch_index]
         latents = scaling * (mean + std * torch.randn(mean.shape, generator=generator).to(device))
