@@ -199,27 +199,23 @@ def latent_separation(vae: AutoencoderKL, seed: int = 0) -> dict[str, float]:
         with torch.no_grad():
             return vae.config.scaling_factor * vae.encode(batch).latent_dist.mean.cpu()
 
-    def separation(changed: list[Attributes], reference: list[Attributes]) -> float:
-        return (latents(changed) - latents(reference)).norm(dim=1).sum(dim=(1, 2)).mean().item()
+    def distance(changed: torch.Tensor, reference: torch.Tensor) -> float:
+        return (changed - reference).norm(dim=1).sum(dim=(1, 2)).mean().item()
 
+    def shifted(axis: str, values: tuple[str, ...], shift: int) -> list[Attributes]:
+        return [
+            dataclasses.replace(p, **{axis: values[(values.index(getattr(p, axis)) + shift) % len(values)]})
+            for p in people
+        ]
+
+    reference = latents(people)
     result = {}
     for axis, values in (("gender", GENDERS), ("race", RACES), ("age", AGES), ("profession", PROFESSIONS)):
-        distances = []
-        for shift in range(1, len(values)):
-            changed = [
-                dataclasses.replace(p, **{axis: values[(values.index(getattr(p, axis)) + shift) % len(values)]})
-                for p in people
-            ]
-            distances.append(separation(changed, people))
+        distances = [distance(latents(shifted(axis, values, shift)), reference) for shift in range(1, len(values))]
         result[axis] = round(float(np.mean(distances)), 2)
+    by_race = {race: latents([dataclasses.replace(p, race=race) for p in people]) for race in RACES}
     for left, right in itertools.pairwise(RACES):
-        result[f"race:{left}-{right}"] = round(
-            separation(
-                [dataclasses.replace(p, race=right) for p in people],
-                [dataclasses.replace(p, race=left) for p in people],
-            ),
-            2,
-        )
+        result[f"race:{left}-{right}"] = round(distance(by_race[right], by_race[left]), 2)
     return result
 
 
