@@ -78,9 +78,9 @@ def test_latent_separation_matches_its_equation():
     flipped = [Attributes(p.gender, p.race, "old" if p.age == "young" else "young", p.profession) for p in people]
     expected = np.linalg.norm(pooled(flipped) - pooled(people), axis=-1).sum(axis=(1, 2)).mean()
     assert separation["age"] == pytest.approx(expected, abs=0.01)
-    white_asian = [Attributes(p.gender, "White", p.age, p.profession) for p in people]
+    white = [Attributes(p.gender, "White", p.age, p.profession) for p in people]
     asian = [Attributes(p.gender, "Asian", p.age, p.profession) for p in people]
-    expected = np.linalg.norm(pooled(asian) - pooled(white_asian), axis=-1).sum(axis=(1, 2)).mean()
+    expected = np.linalg.norm(pooled(asian) - pooled(white), axis=-1).sum(axis=(1, 2)).mean()
     assert separation["race:White-Asian"] == pytest.approx(expected, abs=0.01)
     # the scaling factor multiplies every separation
     halved = latent_separation(PoolingEncoder(1.0), seed=3)
