@@ -46,7 +46,7 @@ class WorldConfig:
     unet_heads: int = 4
     unet_steps: int = 6000
     unet_batch: int = 64
-    unet_lr: float = 5e-4
+    unet_lr: float = 1.5e-3
     unet_ema_decay: float = 0.998
     unet_snr_gamma: float | None = None
     unet_p_empty: float = 0.1
