@@ -1,7 +1,10 @@
+import json
+
 import torch
 from transformers import CLIPModel
 
-from mist_debias.world.bundled import bundled_world_clip_path, bundled_world_path
+from mist_debias.world.bundled import bundled_world_clip_path, bundled_world_dir, bundled_world_path
+from mist_debias.world.models import WorldConfig
 from mist_debias.world.oracle import WorldDecoder
 from mist_debias.world.quality import generate, load_world
 
@@ -22,3 +25,9 @@ def test_bundled_clip_loads_in_float32():
     clip = CLIPModel.from_pretrained(bundled_world_clip_path())
     assert clip.dtype == torch.float32
     assert clip.config.text_config.hidden_size == 128
+
+
+def test_bundled_world_was_trained_with_the_default_configuration():
+    summary = json.loads((bundled_world_dir() / "training.json").read_text(encoding="utf-8"))
+    assert summary["seed"] == 0
+    assert summary["config"] == json.loads(json.dumps(WorldConfig().to_dict()))
