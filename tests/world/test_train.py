@@ -12,7 +12,7 @@ from mist_debias.world import train as train_module
 from mist_debias.world.bias import sample_attributes
 from mist_debias.world.bundled import bundled_world_path
 from mist_debias.world.captions import every_caption, sample_captions
-from mist_debias.world.models import WorldConfig, build_train_scheduler
+from mist_debias.world.models import MAX_TOKENS, WorldConfig, build_train_scheduler
 from mist_debias.world.train import (
     TrainingError,
     encode_prompts,
@@ -177,7 +177,7 @@ def test_caption_encodings_equal_encoding_each_batch_directly():
     tokenizer = CLIPTokenizer.from_pretrained(pipeline_dir / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(pipeline_dir / "text_encoder")
     encodings = train_module.CaptionEncodings(tokenizer, text_encoder)
-    assert encodings.table.shape == (len(every_caption()), 77, text_encoder.config.hidden_size)
+    assert encodings.table.shape == (len(every_caption()), MAX_TOKENS, text_encoder.config.hidden_size)
     rng = np.random.default_rng(0)
     for _ in range(5):
         captions = sample_captions(sample_attributes(64, rng), rng, p_empty=0.1, p_attribute=0.5)

@@ -376,6 +376,11 @@ def train_unet(
     return unet.eval(), losses
 
 
+def training_manifest(config: WorldConfig, seed: int) -> dict:
+    """Seed and configuration of a training run as stored (JSON types), in ``stages/`` and ``training.json``."""
+    return {"seed": seed, "config": json.loads(json.dumps(config.to_dict()))}
+
+
 def _check_out_dir(out_dir: Path, manifest: dict, force: bool, resume: bool) -> None:
     if force and resume:
         raise TrainingError("--force and --resume exclude each other")
@@ -489,7 +494,7 @@ def train_world(
     """
     config = config or WorldConfig()
     out_dir = Path(out_dir)
-    manifest = {"seed": seed, "config": json.loads(json.dumps(config.to_dict()))}
+    manifest = training_manifest(config, seed)
     _check_out_dir(out_dir, manifest, force, resume)
     stages_dir = out_dir / "stages"
     stages_dir.mkdir(parents=True, exist_ok=True)
