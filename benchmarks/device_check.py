@@ -148,18 +148,25 @@ def main() -> None:
     results: dict = {"torch": torch.__version__, "device": str(device)}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name()
+
+    def record(key: str, value) -> None:
+        """Print one result as it comes and rewrite ``--out``, so a run cut short keeps what it measured."""
+        print(json.dumps({key: value}), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2))
+
     results["correctness"] = []
     for family in FAMILIES:
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             results["correctness"].append(correctness(family, dtype, device))
-            print(json.dumps(results["correctness"][-1]), flush=True)
-    results["debias_loop"] = [debias_loop(device, dtype) for dtype in ("float16", "bfloat16")]
-    print(json.dumps(results["debias_loop"]), flush=True)
+            record("correctness", results["correctness"][-1])
+    results["debias_loop"] = []
+    for dtype in ("float16", "bfloat16"):
+        results["debias_loop"].append(debias_loop(device, dtype))
+        record("debias_loop", results["debias_loop"][-1])
     if device.type == "cuda" and not args.skip_throughput:
         results["throughput_sd14_fp16"] = throughput(device)
-        print(json.dumps(results["throughput_sd14_fp16"]), flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        record("throughput_sd14_fp16", results["throughput_sd14_fp16"])
 
 
 if __name__ == "__main__":

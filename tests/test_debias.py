@@ -13,6 +13,7 @@ import torch
 from mist_debias.cli import main
 from mist_debias.config import AttributesConfig, RunConfig
 from mist_debias.edit import Edit
+from mist_debias.errors import ModelLoadError
 from mist_debias.layers import find_cross_attention_projections
 from mist_debias.pipeline import load_pipeline
 from mist_debias.runner import prepare_run
@@ -78,6 +79,18 @@ def test_official_run_compounds_and_replays_exactly(sd1_dir, tiny_clip_dir, tmp_
     # the loop leaves the pipeline as it found it
     fresh = {p.name: p.module.weight for p in find_cross_attention_projections(load_pipeline(sd1_dir).unet)}
     assert all(torch.equal(p.module.weight, fresh[p.name]) for p in find_cross_attention_projections(run.pipe.unet))
+
+
+def test_generation_scheduler_replaces_the_sampler_and_keeps_the_noise_schedule(sd1_dir, tiny_clip_dir, tmp_path):
+    settings = config(sd1_dir, tiny_clip_dir).with_overrides({"generation.scheduler": "EulerDiscreteScheduler"})
+    run, _ = prepare_run(settings, tmp_path / "run", device="cpu")
+    original = load_pipeline(sd1_dir).scheduler
+    assert type(run.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert torch.equal(run.pipe.scheduler.alphas_cumprod, original.alphas_cumprod)
+    unknown = config(sd1_dir, tiny_clip_dir).with_overrides({"generation.scheduler": "NoSuchScheduler"})
+    with pytest.raises(ModelLoadError, match="unknown scheduler 'NoSuchScheduler'"):
+        prepare_run(unknown, tmp_path / "other", device="cpu")
+    assert not (tmp_path / "other").exists()
 
 
 def run_cli(capsys, *args):

@@ -42,6 +42,17 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") != 1
 
 
+def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Sample with the diffusers scheduler class ``name``, built from the pipeline's scheduler config (so the
+    noise schedule the model was trained with is kept). Raises :class:`ModelLoadError` for a class that is not
+    one of the scheduler's ``compatibles``."""
+    compatible = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
+    if name not in compatible:
+        choices = ", ".join(sorted(compatible))
+        raise ModelLoadError(f"unknown scheduler {name!r} for this pipeline (choose from {choices})")
+    pipe.scheduler = compatible[name].from_config(pipe.scheduler.config)
+
+
 def load_pipeline(
     model: str | Path, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> DiffusionPipeline:

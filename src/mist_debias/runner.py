@@ -21,7 +21,7 @@ from mist_debias.config import RunConfig
 from mist_debias.debias import DebiasConcept, DebiasRun, RunError, RunFolder, build_controller
 from mist_debias.edit import fingerprint
 from mist_debias.layers import find_cross_attention_projections
-from mist_debias.pipeline import default_device, load_pipeline
+from mist_debias.pipeline import default_device, load_pipeline, use_scheduler
 from mist_debias.prompts import concept_prompt, strip_article
 from mist_debias.targets import EditProblem
 from mist_debias.text import PromptEncoder
@@ -91,6 +91,8 @@ def prepare_run(
     target_device = torch.device(device) if device else default_device()
     model = str(config.model) if config.model else str(bundled_world_path())
     pipe = load_pipeline(model, device=target_device, dtype=_dtype(config.generation.dtype, target_device))
+    if config.generation.scheduler:
+        use_scheduler(pipe, config.generation.scheduler)
     base_fingerprint = fingerprint(find_cross_attention_projections(pipe.unet))
     if saved is not None and saved.get("model_fingerprint") != base_fingerprint:
         raise RunError(f"cannot resume: {out} was made for another model (fingerprint mismatch)")

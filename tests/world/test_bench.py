@@ -98,6 +98,8 @@ def test_the_report_renders_the_bench_table(bench, tmp_path):
     assert source.target("CEO") == [0.25] * 4
     text = build_report([out], tmp_path / "bench.html").read_text()
     assert ">World benchmark</h2>" in text
+    assert source.settings["sampler"] == "DDIMScheduler"
+    assert "DDIMScheduler, 2 steps" in text
     for concept in CONCEPTS:
         section = text[text.index(f">Benchmark: {concept}</h2>") :]
         section = section[: section.index("</table>")]

@@ -4,7 +4,7 @@ import torch
 from transformers import CLIPModel
 
 from mist_debias.world.bundled import bundled_world_clip_path, bundled_world_dir, bundled_world_path
-from mist_debias.world.models import WorldConfig
+from mist_debias.world.models import WorldConfig, build_sample_scheduler
 from mist_debias.world.oracle import WorldDecoder
 from mist_debias.world.quality import generate, load_world
 from mist_debias.world.train import training_manifest
@@ -31,3 +31,12 @@ def test_bundled_clip_loads_in_float32():
 def test_bundled_world_was_trained_with_the_default_configuration():
     summary = json.loads((bundled_world_dir() / "training.json").read_text(encoding="utf-8"))
     assert {key: summary[key] for key in ("seed", "config")} == training_manifest(WorldConfig(), seed=0)
+
+
+def test_bundled_world_samples_with_the_scheduler_training_writes():
+    pipeline = load_world(bundled_world_path())
+    expected = build_sample_scheduler()
+    assert type(pipeline.scheduler) is type(expected)
+    assert {key: value for key, value in pipeline.scheduler.config.items() if not key.startswith("_")} == {
+        key: value for key, value in expected.config.items() if not key.startswith("_")
+    }

@@ -172,6 +172,28 @@ def test_min_snr_weighting_matches_its_equation():
     assert snr[0] > gamma and snr[-1] < gamma and weighted < plain
 
 
+def test_saved_pipeline_does_not_record_the_training_folders(tiny_world):
+    for config_path in (tiny_world / "pipeline").glob("*/config.json"):
+        assert "_name_or_path" not in json.loads(config_path.read_text()), config_path
+    assert str(tiny_world) not in "".join(p.read_text() for p in (tiny_world / "pipeline").rglob("*.json"))
+
+
+def test_timesteps_are_uniform_or_logit_normal_as_configured():
+    uniform_config = dataclasses.replace(WorldConfig(), unet_timestep_logit_normal=None)
+    uniform = train_module.sample_timesteps(5000, 1000, uniform_config, torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(0, 1000, (5000,), generator=torch.Generator().manual_seed(3)))
+    mean, std = 0.3, 1.0
+    logit_config = dataclasses.replace(WorldConfig(), unet_timestep_logit_normal=(mean, std))
+    drawn = train_module.sample_timesteps(5000, 1000, logit_config, torch.Generator().manual_seed(3))
+    z = torch.randn(5000, generator=torch.Generator().manual_seed(3))
+    expected = np.rint(999 / (1 + np.exp(-(mean + std * z.double().numpy()))))
+    assert drawn.dtype == torch.long and np.array_equal(drawn.numpy(), expected)
+    assert int(drawn.min()) >= 0 and int(drawn.max()) <= 999
+    # more of the draws at mid noise than uniform sampling puts there
+    middle = ((drawn >= 250) & (drawn < 750)).float().mean()
+    assert middle > 0.6 > ((uniform >= 250) & (uniform < 750)).float().mean()
+
+
 def test_caption_encodings_equal_encoding_each_batch_directly():
     pipeline_dir = bundled_world_path()
     tokenizer = CLIPTokenizer.from_pretrained(pipeline_dir / "tokenizer")

@@ -469,7 +469,8 @@ def bench_sections(source: BenchSource, anchor: str) -> list[tuple[str, str, str
             ("images per unedited profession", html.fmt(settings.get("preserve_images") or settings.get("validate"))),
             (
                 "sampler",
-                f"DDIM {html.fmt(settings.get('steps'))} steps, guidance {html.fmt(settings.get('guidance'), 1)}",
+                f"{html.escape(str(settings.get('sampler', 'DDIMScheduler')))}, "
+                f"{html.fmt(settings.get('steps'))} steps, guidance {html.fmt(settings.get('guidance'), 1)}",
             ),
             ("seed", html.fmt(settings.get("seed"))),
         ]

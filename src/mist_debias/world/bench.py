@@ -653,6 +653,12 @@ def check_out_dir(out: Path, settings: BenchSettings, force: bool) -> None:
         raise BenchError(f"{out} was made with other settings ({', '.join(differences[:4])}); use --force")
 
 
+def describe_sampler(scheduler) -> str:
+    """The scheduler's class name, with its algorithm where it has several (``DPMSolverMultistepScheduler``)."""
+    algorithm = scheduler.config.get("algorithm_type")
+    return f"{type(scheduler).__name__} ({algorithm})" if algorithm else type(scheduler).__name__
+
+
 def run_bench(
     settings: BenchSettings,
     out: Path,
@@ -679,7 +685,7 @@ def run_bench(
     measurements = [bench_row(context, c, m) for c in settings.concepts for m in settings.methods]
     rows = table_rows(measurements)
     payload = {
-        "settings": settings.to_dict(),
+        "settings": {**settings.to_dict(), "sampler": describe_sampler(context.original_pipe().scheduler)},
         "model_fingerprint": fingerprint(find_cross_attention_projections(context.original_pipe().unet)),
         "methods": {name: BENCH_METHODS[name].description for name in settings.methods},
         "seeds": {"offset": BENCH_SEED_OFFSET, "per_prompt": SEEDS_PER_PROMPT},

@@ -49,6 +49,7 @@ class WorldConfig:
     unet_lr: float = 1.5e-3
     unet_ema_decay: float = 0.998
     unet_snr_gamma: float | None = None
+    unet_timestep_logit_normal: tuple[float, float] | None = (0.3, 1.0)
     unet_p_empty: float = 0.1
     unet_p_attribute: float = 0.5
     latent_dataset: int = 40000

@@ -1,7 +1,7 @@
 """Measure the quality bar of a world pipeline with the exact oracle.
 
-For each prompt, ``n`` images are generated (seeds ``seed … seed+n−1``, DDIM, classifier-free guidance)
-and decoded. Reported:
+For each prompt, ``n`` images are generated (seeds ``seed … seed+n−1``, the pipeline's sampler,
+classifier-free guidance) and decoded. Reported:
 
 * decodable rate (overall ≥ 0.95 is the bar),
 * bare profession prompts: the joint distribution r over gender × race × age among decoded images vs the

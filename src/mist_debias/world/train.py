@@ -18,7 +18,9 @@ the first unfinished stage with the same result:
    ``<|endoftext|>`` (SD1's convention), with the ε-prediction loss
    ``‖ε − ε_θ(√ᾱ_t z + √(1−ᾱ_t) ε, t, c)‖²`` and an exponential moving average of the weights. With
    ``unet_snr_gamma = γ`` each sample's loss is weighted by ``min(SNR_t, γ) / SNR_t``,
-   ``SNR_t = ᾱ_t / (1 − ᾱ_t)`` (Min-SNR weighting for ε-prediction).
+   ``SNR_t = ᾱ_t / (1 − ᾱ_t)`` (Min-SNR weighting for ε-prediction). Timesteps are uniform on
+   ``{0, …, T−1}``, or with ``unet_timestep_logit_normal = (m, s)`` logit-normal,
+   ``t = round((T − 1) · σ(m + s·z))``, ``z ~ N(0, 1)``: more of the steps at mid noise.
 
 The result is a standard ``StableDiffusionPipeline`` folder (``out_dir/pipeline``) and the CLIP model with
 its tokenizer (``out_dir/clip``, a zero-shot classifier of the world). Every random draw comes from
@@ -314,6 +316,17 @@ def _denoising_loss(
     return (weights * per_sample).mean()
 
 
+def sample_timesteps(
+    batch: int, num_train_timesteps: int, config: WorldConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Training timesteps: uniform, or ``round((T − 1) · σ(m + s·z))`` with ``config.unet_timestep_logit_normal``."""
+    if config.unet_timestep_logit_normal is None:
+        return torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    mean, std = config.unet_timestep_logit_normal
+    logits = mean + std * torch.randn(batch, generator=generator)
+    return (torch.sigmoid(logits) * (num_train_timesteps - 1)).round().long()
+
+
 def train_unet(
     config: WorldConfig,
     seed: int,
@@ -358,8 +371,9 @@ def train_unet(
         mean, std = means[batch_index], stds[batch_index]
         latents = scaling * (mean + std * torch.randn(mean.shape, generator=generator).to(device))
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        steps = noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (len(index),), generator=generator).to(device)
+        timesteps = sample_timesteps(len(index), noise_scheduler.config.num_train_timesteps, config, generator).to(
+            device
+        )
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         loss = _denoising_loss(unet(noisy, timesteps, conditioning).sample, noise, timesteps, noise_scheduler, config)
         optimizer.zero_grad()
@@ -421,6 +435,13 @@ def save_half(module, folder: Path) -> None:
     config_path.write_text(json.dumps(to_float32(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _drop_source_path(config_path: Path) -> None:
+    """Remove ``_name_or_path`` (the folder a component was loaded from) from a saved config."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.pop("_name_or_path", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def save_pipeline(
     target: Path,
     vae: AutoencoderKL,
@@ -444,6 +465,8 @@ def save_pipeline(
         for name, module in (("text_encoder", text_encoder), ("unet", unet)):
             shutil.rmtree(tmp / name)
             save_half(module, tmp / name)
+        for config_path in tmp.glob("*/config.json"):
+            _drop_source_path(config_path)
 
 
 def clip_processor(tokenizer: CLIPTokenizer) -> CLIPProcessor:
