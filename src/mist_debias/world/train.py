@@ -351,6 +351,7 @@ def train_unet(
     unet = build_unet(config).to(device)
     ema = EMAModel(unet.parameters(), decay=config.unet_ema_decay)
     noise_scheduler = build_train_scheduler()
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: _cosine_lr(s, config.unet_steps, config.unet_steps // 20 + 1)
@@ -371,9 +372,7 @@ def train_unet(
         mean, std = means[batch_index], stds[batch_index]
         latents = scaling * (mean + std * torch.randn(mean.shape, generator=generator).to(device))
         noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = sample_timesteps(len(index), noise_scheduler.config.num_train_timesteps, config, generator).to(
-            device
-        )
+        timesteps = sample_timesteps(len(index), num_train_timesteps, config, generator).to(device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         loss = _denoising_loss(unet(noisy, timesteps, conditioning).sample, noise, timesteps, noise_scheduler, config)
         optimizer.zero_grad()
@@ -422,8 +421,6 @@ def save_half(module, folder: Path) -> None:
     """
     module.to(STORAGE_DTYPE).save_pretrained(folder)
     module.float()
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
 
     def to_float32(node):
         if isinstance(node, dict):
@@ -432,14 +429,20 @@ def save_half(module, folder: Path) -> None:
             }
         return node
 
-    config_path.write_text(json.dumps(to_float32(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _rewrite_config(folder / "config.json", to_float32)
 
 
-def _drop_source_path(config_path: Path) -> None:
-    """Remove ``_name_or_path`` (the folder a component was loaded from) from a saved config."""
+def _rewrite_config(config_path: Path, edit: Callable[[dict], dict]) -> None:
+    """Apply ``edit`` to a saved JSON config, writing it back (sorted keys, indent 2) only if it changed."""
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    if config.pop("_name_or_path", None) is not None:
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    edited = edit(config)
+    if edited != config:
+        config_path.write_text(json.dumps(edited, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _without_source_path(config: dict) -> dict:
+    """The config without ``_name_or_path`` (the folder a component was loaded from)."""
+    return {key: value for key, value in config.items() if key != "_name_or_path"}
 
 
 def save_pipeline(
@@ -466,7 +469,7 @@ def save_pipeline(
             shutil.rmtree(tmp / name)
             save_half(module, tmp / name)
         for config_path in tmp.glob("*/config.json"):
-            _drop_source_path(config_path)
+            _rewrite_config(config_path, _without_source_path)
 
 
 def clip_processor(tokenizer: CLIPTokenizer) -> CLIPProcessor:
