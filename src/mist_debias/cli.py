@@ -19,7 +19,7 @@ from mist_debias import __version__
 from mist_debias.cli_choices import DtypeChoice
 from mist_debias.errors import MistError
 from mist_debias.evaluate_cli import evaluate_command, report_command
-from mist_debias.world.bundled import WORLD_GUIDANCE
+from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
 from mist_debias.world.cli import world_app
 
 app = typer.Typer(
@@ -169,6 +169,7 @@ def generate(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed + i.")] = 0,
     steps: Annotated[int, typer.Option("--steps")] = 20,
     guidance: Annotated[float, typer.Option("--guidance")] = 7.5,
+    eta: Annotated[float, typer.Option("--eta", help="DDIM η (0: deterministic DDIM).")] = 0.0,
     height: Annotated[int | None, typer.Option("--height")] = None,
     width: Annotated[int | None, typer.Option("--width")] = None,
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt")] = None,
@@ -188,7 +189,7 @@ def generate(
     if not prompt.strip():
         raise MistError("--prompt is empty")
     try:
-        config = GenerationConfig(steps, guidance, height, width, negative_prompt, batch_size)
+        config = GenerationConfig(steps, guidance, height, width, negative_prompt, batch_size, eta)
     except ValueError as error:
         raise MistError(str(error)) from None
     loaded = Edit.load(edit_file) if edit_file else None
@@ -289,6 +290,7 @@ def debias(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
     guidance: Annotated[float | None, typer.Option("--guidance")] = None,
+    eta: Annotated[float | None, typer.Option("--eta", help="DDIM η (0: deterministic DDIM).")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     method: Annotated[MethodChoice | None, typer.Option("--method")] = None,
     keys: Annotated[KeysChoice | None, typer.Option("--keys")] = None,
@@ -317,6 +319,7 @@ def debias(
         concept = [WORLD_DEMO_CONCEPT]
         attributes = AttributesConfig.from_cli([WORLD_DEMO_AXIS], (), ())
     world_guidance = WORLD_GUIDANCE if world_defaults else None
+    world_eta = WORLD_ETA if world_defaults else None
     world_batch = WORLD_BATCH_SIZE if world_defaults else None
     config = config.with_overrides(
         {
@@ -330,6 +333,7 @@ def debias(
             "seed": seed,
             "generation.steps": steps,
             "generation.guidance": guidance if guidance is not None else world_guidance,
+            "generation.eta": eta if eta is not None else world_eta,
             "generation.batch_size": batch_size if batch_size is not None else world_batch,
             "generation.dtype": dtype.value if dtype else None,
             "edit.method": method.value if method else None,

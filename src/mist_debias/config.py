@@ -231,7 +231,8 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampler settings of the loop's images; ``dtype`` ``auto`` is float16 on CUDA and float32 elsewhere."""
+    """Sampler settings of the loop's images; ``dtype`` ``auto`` is float16 on CUDA and float32 elsewhere,
+    ``eta`` is DDIM's η (see :class:`~mist_debias.generate.GenerationConfig`)."""
 
     steps: int = 20
     guidance: float = 7.5
@@ -241,12 +242,15 @@ class GenerationSettings:
     batch_size: int = 16
     dtype: str = "auto"
     scheduler: str | None = None
+    eta: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("generation.steps", self.steps)
         _positive("generation.batch_size", self.batch_size)
         if not math.isfinite(self.guidance) or self.guidance < 0:
             raise ConfigError(f"generation.guidance must be a finite number ≥ 0, got {self.guidance}")
+        if not math.isfinite(self.eta) or self.eta < 0:
+            raise ConfigError(f"generation.eta must be a finite number ≥ 0, got {self.eta}")
         for name in ("height", "width"):
             side = getattr(self, name)
             if side is not None and (side <= 0 or side % 8):
@@ -263,6 +267,7 @@ class GenerationSettings:
             width=self.width,
             negative_prompt=self.negative_prompt,
             batch_size=self.batch_size,
+            eta=self.eta,
         )
 
 

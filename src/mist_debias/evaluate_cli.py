@@ -75,6 +75,7 @@ def evaluate_command(
     ] = 0.02,
     steps: Annotated[int, typer.Option("--steps")] = 20,
     guidance: Annotated[float, typer.Option("--guidance")] = 7.5,
+    eta: Annotated[float, typer.Option("--eta", help="DDIM η (0: deterministic DDIM).")] = 0.0,
     height: Annotated[int | None, typer.Option("--height")] = None,
     width: Annotated[int | None, typer.Option("--width")] = None,
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt")] = None,
@@ -113,7 +114,7 @@ def evaluate_command(
     records = select_concepts(resolve_prompt_set(prompts), list(concept or []))
     spec = spec_from_cli(axis or [], cell or [], target or [])
     try:
-        generation = GenerationConfig(steps, guidance, height, width, negative_prompt, batch_size)
+        generation = GenerationConfig(steps, guidance, height, width, negative_prompt, batch_size, eta)
     except ValueError as error:
         raise MistError(str(error)) from None
     matrix = load_confusion(confusion, spec) if confusion else None

@@ -6,6 +6,7 @@ initial latent on every device), which makes an image independent of the batch i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -16,7 +17,11 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Sampler settings shared by every image of a run."""
+    """Sampler settings shared by every image of a run.
+
+    ``eta`` is DDIM's η: the share of the posterior noise re-injected at each step, σ_t = η·σ_t^DDPM (0 is the
+    deterministic DDIM sampler, 1 is DDPM's ancestral step); schedulers without an ``eta`` ignore it.
+    """
 
     steps: int = 20
     guidance: float = 7.5
@@ -24,12 +29,15 @@ class GenerationConfig:
     width: int | None = None
     negative_prompt: str | None = None
     batch_size: int = 16
+    eta: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
         if self.batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise ValueError(f"eta must be a finite number ≥ 0, got {self.eta}")
         for side in (self.height, self.width):
             if side is not None and (side <= 0 or side % 8):
                 raise ValueError(f"height and width must be positive multiples of 8, got {side}")
@@ -73,6 +81,7 @@ def generate_images(
             negative_prompt=[config.negative_prompt] * len(batch_prompts) if config.negative_prompt else None,
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
+            eta=config.eta,
             height=config.height,
             width=config.width,
             generator=generators,

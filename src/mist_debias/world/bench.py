@@ -73,7 +73,7 @@ from mist_debias.prompts import concept_prompt
 from mist_debias.runner import ORACLE, is_bundled_world, prepare_run
 from mist_debias.spec import AttributeSpec, Axis
 from mist_debias.world.bias import PROFESSIONS
-from mist_debias.world.bundled import WORLD_GUIDANCE, bundled_world_path
+from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE, bundled_world_path
 from mist_debias.world.oracle import WorldOracle
 from mist_debias.world.render import AGES, GENDERS, RACES
 
@@ -162,6 +162,7 @@ class BenchSettings:
     tolerance: float = 0.05
     steps: int = 20
     guidance: float = WORLD_GUIDANCE
+    eta: float = WORLD_ETA
     batch_size: int = 64
     official_images: int = 128
 
@@ -190,6 +191,8 @@ class BenchSettings:
             raise BenchError(f"seed must be ≥ 0, got {self.seed}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise BenchError(f"guidance must be a finite number ≥ 0, got {self.guidance}")
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise BenchError(f"eta must be a finite number ≥ 0, got {self.eta}")
         if not 0 < self.tolerance < 0.5:
             raise BenchError(f"tolerance must be in (0, 0.5), got {self.tolerance}")
 
@@ -226,7 +229,11 @@ def run_config(settings: BenchSettings, concept: str, method: BenchMethod) -> Ru
         budget=settings.budget,
         classifier=ClassifierConfig(drive=ORACLE),
         generation=GenerationSettings(
-            steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size, dtype="float32"
+            steps=settings.steps,
+            guidance=settings.guidance,
+            eta=settings.eta,
+            batch_size=settings.batch_size,
+            dtype="float32",
         ),
         seed=settings.seed,
     )
@@ -271,7 +278,9 @@ class ImageSource:
     def __init__(self, pipe: DiffusionPipeline, settings: BenchSettings) -> None:
         self.pipe = pipe
         self.settings = settings
-        self.config = GenerationConfig(steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size)
+        self.config = GenerationConfig(
+            steps=settings.steps, guidance=settings.guidance, batch_size=settings.batch_size, eta=settings.eta
+        )
 
     def images(self, profession: str, count: int) -> np.ndarray:
         """``count`` images of the profession's prompt as an (n, H, W, 3) uint8 array, seeds :func:`bench_seeds`."""

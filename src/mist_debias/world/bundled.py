@@ -6,9 +6,12 @@ from importlib import resources
 from pathlib import Path
 
 BUNDLED_DIR = ("assets", "world")
-WORLD_GUIDANCE = 5.0
+WORLD_GUIDANCE = 2.0
 """Classifier-free guidance at which the shipped world's quality bar is measured; the default of every
 command that generates on the world."""
+WORLD_ETA = 0.5
+"""DDIM η of the same sampler: half the posterior noise re-injected at each step resolves faces the
+deterministic sampler leaves between two skin tones."""
 
 
 def bundled_world_dir() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from mist_debias.world.bundled import WORLD_GUIDANCE
+from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
 
 world_app = typer.Typer(help="The synthetic world: a tiny text-to-image model with planted bias.")
 
@@ -45,6 +45,7 @@ def quality(
     num_images: int = typer.Option(200, "--num-images", help="Images per prompt."),
     steps: int = typer.Option(20, "--steps", help="Sampling steps."),
     guidance: float = typer.Option(WORLD_GUIDANCE, "--guidance", help="Classifier-free guidance scale."),
+    eta: float = typer.Option(WORLD_ETA, "--eta", help="DDIM η (0: deterministic DDIM)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image."),
     device: str = typer.Option("cpu", "--device", help="torch device to generate on."),
     clip: Path = typer.Option(None, "--clip", help="Also grade the world's CLIP zero-shot gender (folder)."),
@@ -53,12 +54,14 @@ def quality(
     from mist_debias.world.bundled import bundled_world_path
     from mist_debias.world.quality import measure_quality, write_quality
 
-    if num_images < 1 or steps < 1 or guidance < 0:
-        _fail("--num-images and --steps must be ≥ 1, --guidance ≥ 0")
+    if num_images < 1 or steps < 1 or not (guidance >= 0 and eta >= 0):
+        _fail("--num-images and --steps must be ≥ 1, --guidance and --eta ≥ 0")
     model = model or bundled_world_path()
     if not (model / "model_index.json").is_file():
         _fail(f"{model} is not a diffusers pipeline folder")
-    report = measure_quality(model, num_images=num_images, steps=steps, guidance=guidance, seed=seed, device=device)
+    report = measure_quality(
+        model, num_images=num_images, steps=steps, guidance=guidance, eta=eta, seed=seed, device=device
+    )
     write_quality(out, report)
     Console().print_json(json.dumps(report["summary"]))
 
@@ -77,6 +80,7 @@ def bench(
     preserve_images: int = typer.Option(None, "--preserve-images", help="Images per unedited profession."),
     steps: int = typer.Option(20, "--steps", help="Sampling steps."),
     guidance: float = typer.Option(WORLD_GUIDANCE, "--guidance", help="Classifier-free guidance scale."),
+    eta: float = typer.Option(WORLD_ETA, "--eta", help="DDIM η (0: deterministic DDIM)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
     official_images: int = typer.Option(128, "--official-images", help="Images per official-loop iteration."),
     force: bool = typer.Option(False, "--force", help="Erase OUT first (default: reuse its finished runs)."),
@@ -98,6 +102,7 @@ def bench(
             preserve_images=preserve_images,
             steps=steps,
             guidance=guidance,
+            eta=eta,
             batch_size=batch_size,
             official_images=official_images,
         )

@@ -33,7 +33,7 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from mist_debias.world.bias import CONTROL_PROFESSIONS, PROFESSIONS, TABLE_SHAPE, planted_table
-from mist_debias.world.bundled import WORLD_GUIDANCE
+from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
 from mist_debias.world.captions import bare_caption, caption_fits
 from mist_debias.world.models import EOS_TOKEN_ID, MAX_TOKENS
 from mist_debias.world.oracle import Decoded, WorldDecoder
@@ -88,9 +88,10 @@ def generate(
     steps: int,
     guidance: float,
     seed: int,
+    eta: float = 0.0,
     batch_size: int = 100,
 ) -> np.ndarray:
-    """``num_images`` images of ``prompt`` as (n, 32, 32, 3) uint8; image i uses seed ``seed + i``."""
+    """``num_images`` images of ``prompt`` as (n, 32, 32, 3) uint8; image i uses seed ``seed + i``, DDIM η ``eta``."""
     chunks = []
     for start in range(0, num_images, batch_size):
         count = min(batch_size, num_images - start)
@@ -100,6 +101,7 @@ def generate(
                 [prompt] * count,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
+                eta=eta,
                 generator=generators,
                 output_type="np",
             ).images
@@ -224,6 +226,7 @@ def measure_quality(
     num_images: int = 200,
     steps: int = 20,
     guidance: float = WORLD_GUIDANCE,
+    eta: float = WORLD_ETA,
     seed: int = 0,
     device: str = "cpu",
     clip_model: Path | None = None,
@@ -241,7 +244,7 @@ def measure_quality(
     bare, attribute, clip_vs_oracle, total_valid, total = {}, {}, {}, 0, 0
     for profession in PROFESSIONS:
         prompt = bare_caption(profession)
-        images = generate(pipeline, prompt, num_images, steps, guidance, seed)
+        images = generate(pipeline, prompt, num_images, steps, guidance, seed, eta)
         decoded = decoder.decode(images)
         report = _prompt_report(prompt, decoded)
         if clip_model is not None:
@@ -252,7 +255,7 @@ def measure_quality(
         total_valid += round(report["decodable"] * num_images)
         total += num_images
     for prompt in ATTRIBUTE_PROMPTS:
-        decoded = decoder.decode(generate(pipeline, prompt, num_images, steps, guidance, seed))
+        decoded = decoder.decode(generate(pipeline, prompt, num_images, steps, guidance, seed, eta))
         attribute[prompt] = _prompt_report(prompt, decoded)
         total_valid += round(attribute[prompt]["decodable"] * num_images)
         total += num_images
@@ -272,7 +275,14 @@ def measure_quality(
         ),
     }
     return {
-        "settings": {"num_images": num_images, "steps": steps, "guidance": guidance, "seed": seed, "device": device},
+        "settings": {
+            "num_images": num_images,
+            "steps": steps,
+            "guidance": guidance,
+            "eta": eta,
+            "seed": seed,
+            "device": device,
+        },
         "summary": summary,
         "eos_cosine": eos_cosines(pipeline),
         "latent_separation": latent_separation(pipeline.vae),
