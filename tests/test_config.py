@@ -146,7 +146,8 @@ def test_defaults():
     time = RunConfig.from_dict({"edit": {"method": "time"}})
     assert time.edit.hyperparameters().lam == 0.1 and time.edit.resolved_keys == "all"
     generation = RunConfig().generation.generation_config()
-    assert (generation.steps, generation.guidance, generation.batch_size) == (20, 7.5, 16)
+    assert (generation.steps, generation.guidance, generation.batch_size, generation.eta) == (20, 7.5, 16, 0.0)
+    assert RunConfig.from_dict({"generation": {"eta": 0.5}}).generation.generation_config().eta == 0.5
 
 
 def test_edit_prompts_and_preserve(yaml_config):
@@ -223,6 +224,7 @@ def test_check_complete():
         ({"generation": {"height": 500}}, "multiple of 8"),
         ({"generation": {"dtype": "float8"}}, "unknown generation.dtype"),
         ({"generation": {"guidance": -1}}, "guidance must be a finite number"),
+        ({"generation": {"eta": -0.5}}, "generation.eta must be a finite number ≥ 0"),
         ({"controller": "pid"}, "unknown controller 'pid'"),
         ({"classifier": {"mode": "both"}}, "unknown classifier mode"),
         ({"classifier": {"templates": ["a photo"]}}, "has no {phrase}"),

@@ -29,6 +29,7 @@ from mist_debias.world.bench import (
     run_config,
 )
 from mist_debias.world.bias import PROFESSIONS
+from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
 from mist_debias.world.cli import world_app
 from mist_debias.world.oracle import WorldOracle
 from mist_debias.world.render import Attributes, render
@@ -99,7 +100,7 @@ def test_the_report_renders_the_bench_table(bench, tmp_path):
     text = build_report([out], tmp_path / "bench.html").read_text()
     assert ">World benchmark</h2>" in text
     assert source.settings["sampler"] == "DDIMScheduler"
-    assert "DDIMScheduler, 2 steps" in text
+    assert f"DDIMScheduler, 2 steps, guidance {WORLD_GUIDANCE:.1f}, η {WORLD_ETA:.1f}" in text
     for concept in CONCEPTS:
         section = text[text.index(f">Benchmark: {concept}</h2>") :]
         section = section[: section.index("</table>")]
@@ -213,6 +214,7 @@ def test_preservation_numbers_against_their_definitions():
         ("--concepts", "doctor,plumber", "unknown concept 'plumber'"),
         ("--methods", "mist-adaptive,sdedit", "unknown method 'sdedit'"),
         ("--budget", "0", "budget must be positive"),
+        ("--eta", "-1", "eta must be a finite number ≥ 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_world, tmp_path, flag, value, message):
@@ -240,6 +242,8 @@ def test_any_world_folder_preserves_what_the_bundled_world_preserves(tmp_path, m
     bundled = run_config(BenchSettings(), "CEO", BENCH_METHODS[method])
     expected = ["", *(f"a photo of {'an' if p[0] in 'aeiou' else 'a'} {p}" for p in PROFESSIONS if p != "CEO")]
     assert run_preserve_prompts(standin) == run_preserve_prompts(bundled) == expected
+    assert standin.generation == bundled.generation
+    assert (bundled.generation.guidance, bundled.generation.eta) == (WORLD_GUIDANCE, WORLD_ETA)
     paper = run_config(BenchSettings(model=str(tmp_path)), "CEO", BENCH_METHODS["mist-official-paper"])
     assert run_preserve_prompts(paper) == [""]
     assert paper.controller.options == {"n_images": 128, "step": 0.1}

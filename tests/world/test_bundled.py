@@ -3,7 +3,13 @@ import json
 import torch
 from transformers import CLIPModel
 
-from mist_debias.world.bundled import bundled_world_clip_path, bundled_world_dir, bundled_world_path
+from mist_debias.world.bundled import (
+    WORLD_ETA,
+    WORLD_GUIDANCE,
+    bundled_world_clip_path,
+    bundled_world_dir,
+    bundled_world_path,
+)
 from mist_debias.world.models import WorldConfig, build_sample_scheduler
 from mist_debias.world.oracle import WorldDecoder
 from mist_debias.world.quality import generate, load_world
@@ -13,7 +19,8 @@ from mist_debias.world.train import training_manifest
 def test_bundled_world_generates_decodable_images_of_the_prompt():
     pipeline = load_world(bundled_world_path())
     assert pipeline.unet.dtype == torch.float32
-    images = generate(pipeline, "a photo of a CEO", num_images=16, steps=20, guidance=5.0, seed=0)
+    prompt = "a photo of a CEO"
+    images = generate(pipeline, prompt, num_images=16, steps=20, guidance=WORLD_GUIDANCE, seed=0, eta=WORLD_ETA)
     decoded = WorldDecoder().decode(images)
     valid = [item.attributes for item in decoded if item.ok]
     assert len(valid) >= 12
