@@ -152,25 +152,3 @@ def test_invalid_configuration_and_observations_are_rejected():
         controller.observe("c", [0.0, 0.0], [-1, 2])
     with pytest.raises(KeyError):
         controller.observe("other", [0.0, 0.0], [1, 2])
-
-
-def test_weights_where_nothing_decodes_are_not_proposed_again_and_again():
-    """A 4-cell concept whose images stop decoding beyond |w| > 2 (the world's CEO past the edit's range):
-    every batch there is all invalid and carries no information. The controller must back off from such
-    weights instead of spending its budget at them."""
-    plant = SoftmaxPlant.from_ratios([0.08, 0.85, 0.01, 0.06], scale=1.0, cross=0.3, seed=2)
-    controller = AdaptiveController([ConceptTarget("CEO", (0.25,) * 4)], budget=3072)
-    rng = np.random.default_rng(0)
-    dead = batches = 0
-    while proposals := controller.propose():
-        for proposal in proposals:
-            batches += 1
-            if np.max(np.abs(proposal.weights)) > 2.0:
-                dead += 1
-                controller.observe(proposal.concept, proposal.weights, [0, 0, 0, 0], proposal.n_images)
-            else:
-                counts, n_invalid = plant.sample(proposal.weights, proposal.n_images, rng)
-                controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
-    status = controller.status("CEO")
-    assert dead <= max(3, batches // 4), (dead, batches)
-    assert np.max(np.abs(plant.ratios(status.weights) - 0.25)) < 0.15

@@ -13,9 +13,7 @@ Each concept runs this loop:
    target, inside a trust region of ``growth`` × the span of weights tried so far; this finds the weight
    scale by expansion when the response is weak and by interpolation when a step overshot. With two
    cells the proposal also stays inside the bracket of weights whose intervals exclude the target (a
-   weight becomes a bracket end only when its interval lies wholly on one side). Where every image of
-   a batch was invalid (nothing decodes at those weights) the next batch goes back halfway towards the
-   measured weight closest to the target, and no later step goes more than halfway to such a weight.
+   weight becomes a bracket end only when its interval lies wholly on one side).
 4. **Aim, dwell or move.** A fresh weight becomes a certification candidate when the model expects it
    to land within ``candidate_miss · ε`` of the target (predicted offset plus the typical largest of the K
    cells' standard errors); otherwise it is exploration, sampled with ``n_min`` images. The weight in
@@ -86,11 +84,6 @@ class _WeightRecord:
     @property
     def ratios(self) -> np.ndarray:
         return self.counts / max(self.n, 1)
-
-    @property
-    def barren(self) -> bool:
-        """Every image drawn here was invalid (nothing decodes at these weights)."""
-        return self.n == 0 and self.n_invalid > 0
 
 
 @dataclass
@@ -345,11 +338,6 @@ class AdaptiveController(Controller):
                 "initial",
             )
         current = state.records[state.current]
-        measured = [r for r in state.records if r.n > 0]
-        if current.barren and measured:
-            # Nothing decoded here: go back halfway towards the measured weight closest to the target.
-            anchor = min(measured, key=lambda r: float(np.max(np.abs(r.ratios - t))))
-            return _Plan(0.5 * (anchor.weights + current.weights), self._round_batch(self.n_min), None, "retreat")
         model = self._fit(state)
         move_alpha = self._next_alpha(state)
         dwell_need = self._dwell_need(concept, current, model)
@@ -368,10 +356,6 @@ class AdaptiveController(Controller):
         all_weights = np.stack([r.weights for r in state.records])
         span = max(float(np.max(np.linalg.norm(all_weights - w, axis=1))) for w in all_weights)
         radius = self.growth * span
-        barren = [r.weights for r in state.records if r.barren]
-        if barren:
-            # Never step more than halfway towards a weight where nothing decoded.
-            radius = min(radius, 0.5 * float(np.min(np.linalg.norm(np.stack(barren) - current.weights, axis=1))))
         limited = float(np.linalg.norm(step)) > radius
         if limited:
             step *= radius / np.linalg.norm(step)
