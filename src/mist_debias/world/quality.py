@@ -32,6 +32,7 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
+from mist_debias.generate import GenerationConfig, generate_images
 from mist_debias.world.bias import CONTROL_PROFESSIONS, PROFESSIONS, TABLE_SHAPE, planted_table
 from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
 from mist_debias.world.captions import bare_caption, caption_fits
@@ -92,21 +93,9 @@ def generate(
     batch_size: int = 100,
 ) -> np.ndarray:
     """``num_images`` images of ``prompt`` as (n, 32, 32, 3) uint8; image i uses seed ``seed + i``, DDIM η ``eta``."""
-    chunks = []
-    for start in range(0, num_images, batch_size):
-        count = min(batch_size, num_images - start)
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(count)]
-        with torch.no_grad():
-            images = pipeline(
-                [prompt] * count,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                eta=eta,
-                generator=generators,
-                output_type="np",
-            ).images
-        chunks.append(np.clip(np.rint(images * 255), 0, 255).astype(np.uint8))
-    return np.concatenate(chunks)
+    config = GenerationConfig(steps=steps, guidance=guidance, batch_size=batch_size, eta=eta)
+    images = generate_images(pipeline, [prompt] * num_images, range(seed, seed + num_images), config)
+    return np.stack([np.asarray(image, dtype=np.uint8) for image in images])
 
 
 def joint_distribution(decoded: list[Decoded]) -> np.ndarray:
