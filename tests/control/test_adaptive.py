@@ -152,3 +152,58 @@ def test_invalid_configuration_and_observations_are_rejected():
         controller.observe("c", [0.0, 0.0], [-1, 2])
     with pytest.raises(KeyError):
         controller.observe("other", [0.0, 0.0], [1, 2])
+
+
+def _drive_with_a_dead_zone(plant: SoftmaxPlant, limit: float, seed: int, budget: int = 3072):
+    """Run the controller on ``plant`` where no image decodes once max_j |w_j| > ``limit``."""
+    controller = AdaptiveController([ConceptTarget("CEO", (0.25,) * 4)], budget=budget)
+    rng = np.random.default_rng(seed)
+    dead = batches = 0
+    while proposals := controller.propose():
+        for proposal in proposals:
+            batches += 1
+            if np.max(np.abs(proposal.weights)) > limit:
+                dead += 1
+                controller.observe(proposal.concept, proposal.weights, [0, 0, 0, 0], proposal.n_images)
+            else:
+                counts, n_invalid = plant.sample(proposal.weights, proposal.n_images, rng)
+                controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
+    return controller, dead, batches
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_backs_off_from_weights_where_nothing_decodes(seed):
+    """A 4-cell concept whose images stop decoding beyond max |w| > 2 (an edit pushed past its range):
+    a batch there carries no information. The trust region must shrink away from such weights instead of
+    spending the budget at them, and the reported weights must lie where images decode."""
+    plant = SoftmaxPlant.from_ratios([0.08, 0.85, 0.01, 0.06], scale=1.0, cross=0.3, seed=2)
+    controller, dead, batches = _drive_with_a_dead_zone(plant, limit=2.0, seed=seed)
+    status = controller.status("CEO")
+    assert dead <= batches // 4, (dead, batches)
+    assert np.max(np.abs(status.weights)) <= 2.0
+    assert np.max(np.abs(plant.ratios(status.weights) - 0.25)) < 0.05
+
+
+def test_a_step_into_undecodable_weights_halves_the_next_step():
+    controller = AdaptiveController([ConceptTarget("c", HALF)])
+    controller.observe("c", [0.0, 0.0], [60, 4])
+    (probe,) = controller.propose()
+    controller.observe("c", probe.weights, [52, 12])
+    (step,) = controller.propose()
+    centre = probe.weights  # the probe is the measured weight closest to the target
+    length = np.linalg.norm(step.weights - centre)
+    controller.observe("c", step.weights, [0, 0], step.n_images)
+    (after,) = controller.propose()
+    assert np.linalg.norm(after.weights - centre) <= 0.5 * length + 1e-12
+
+
+def test_reports_the_weight_most_surely_on_target_not_the_luckiest_batch():
+    controller = AdaptiveController([ConceptTarget("c", HALF)], max_iterations=4)
+    controller.observe("c", [0.0, 0.0], [60, 4])
+    controller.observe("c", [-0.5, 0.5], [270, 230])  # 0.54 on 500 images
+    controller.observe("c", [-0.9, 0.9], [4, 4])  # exactly 0.5, but on 8 images
+    controller.observe("c", [-0.7, 0.7], [16, 16], 200)  # 0.5, but 200 of 232 images undecodable
+    status = controller.status("c")
+    assert status.finished and not status.converged
+    np.testing.assert_array_equal(status.weights, [-0.5, 0.5])
+    assert status.pooled.counts == (270, 230)

@@ -10,10 +10,16 @@ Each concept runs this loop:
 3. **Model** the ratios as ``softmax(a + s·w + E Qᵀ w)`` fitted by penalised likelihood to *all*
    observations (:mod:`mist_debias.control.response`): a batch of 64 images is weighed as 64 images, not
    treated as exact, and nothing collapses on one noisy point. The next weight solves the model for the
-   target, inside a trust region of ``growth`` × the span of weights tried so far; this finds the weight
-   scale by expansion when the response is weak and by interpolation when a step overshot. With two
-   cells the proposal also stays inside the bracket of weights whose intervals exclude the target (a
-   weight becomes a bracket end only when its interval lies wholly on one side).
+   target, inside a trust region of radius ρ around the *centre*: the measured weight whose deviation
+   ``max_j |r_j − t_j|`` has the smallest upper confidence bound among weights whose images still decode
+   (at least half as often as unedited ones). The probe sets ``ρ = growth · ‖w_probe‖``; a step that
+   ends surely worse than the centre (the lower bound of its deviation above the centre's estimate), or
+   where the images stop decoding, halves ρ to half that step's length, and a step that reached the
+   edge of the region without failing multiplies ρ by ``growth``. This finds the weight scale by
+   expansion when the response is weak, by interpolation when a step overshot, and backs off from
+   weights where the edit breaks the images instead of returning to them. With two cells the proposal
+   also stays inside the bracket of weights whose intervals exclude the target (a weight becomes a
+   bracket end only when its interval lies wholly on one side).
 4. **Aim, dwell or move.** A fresh weight becomes a certification candidate when the model expects it
    to land within ``candidate_miss · ε`` of the target (predicted offset plus the typical largest of the K
    cells' standard errors); otherwise it is exploration, sampled with ``n_min`` images. The weight in
@@ -51,6 +57,7 @@ from mist_debias.metrics import (
     confidence_sequence,
     simultaneous_alpha,
     simultaneous_confidence_sequence,
+    simultaneous_intervals,
 )
 
 _PRIOR_MEAN_FLOOR = 1e-3
@@ -95,6 +102,7 @@ class _ConceptState:
     converged: bool = False
     last_counts: np.ndarray | None = None
     last_invalid: int = 0
+    radius: float | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +268,34 @@ class AdaptiveController(Controller):
         t, eps = spec.target_array, spec.tolerance
         return bool(np.any((record.upper < t - eps) | (record.lower > t + eps)))
 
+    @staticmethod
+    def _degraded(state: _ConceptState, record: _WeightRecord) -> bool:
+        """True when images decode here less than half as often as at the unedited weights (the first
+        record): the edit is breaking the images, whatever their cells."""
+        unedited = state.records[0]
+        total, unedited_total = record.n + record.n_invalid, unedited.n + unedited.n_invalid
+        if total == 0 or unedited_total == 0:
+            return False
+        return record.n / total < 0.5 * unedited.n / unedited_total
+
+    def _deviation_bounds(self, concept: str, record: _WeightRecord) -> tuple[float, float]:
+        """Bounds at level 1 − α on ``max_j |r_j − t_j|`` at ``record`` from its simultaneous (Goodman)
+        intervals over all its images: (the least deviation they allow, the largest)."""
+        t = self.concepts[concept].target_array
+        if record.n == 0:
+            return 0.0, float(np.max(np.maximum(t, 1.0 - t)))
+        lower, upper = simultaneous_intervals(record.counts, self.alpha)
+        least = float(np.max(np.maximum(np.maximum(lower - t, t - upper), 0.0)))
+        largest = float(np.max(np.maximum(upper - t, t - lower)))
+        return least, largest
+
+    def _centre(self, concept: str) -> int:
+        """Index of the measured weight most surely close to the target: the smallest upper bound on its
+        deviation among weights whose images decode (not :meth:`_degraded`); the unedited one if none."""
+        state = self._states[concept]
+        usable = [i for i, r in enumerate(state.records) if r.n > 0 and not self._degraded(state, r)]
+        return min(usable or [0], key=lambda i: self._deviation_bounds(concept, state.records[i])[1])
+
     # ------------------------------------------------------------------------------ planning
 
     def _estimate(self, record: _WeightRecord, model: LogitLinearResponse | None) -> tuple[np.ndarray, bool]:
@@ -280,7 +316,7 @@ class AdaptiveController(Controller):
 
     def _dwell_need(self, concept: str, record: _WeightRecord, model: LogitLinearResponse | None) -> float:
         """Images still needed to certify ``record`` if its ratios are as estimated (inf: cannot be)."""
-        if record.alpha is None or self._excluded(concept, record):
+        if record.alpha is None or self._excluded(concept, record) or self._degraded(self._states[concept], record):
             return math.inf
         return self._images_to_certify(concept, self._estimate(record, model)[0], record.alpha, record)
 
@@ -352,14 +388,12 @@ class AdaptiveController(Controller):
             weights = current.weights + self.initial_step * direction / np.max(np.abs(direction))
             return _Plan(weights, self._round_batch(self.n_min), None, "probe")
 
-        step = model.solve(t) - current.weights
-        all_weights = np.stack([r.weights for r in state.records])
-        span = max(float(np.max(np.linalg.norm(all_weights - w, axis=1))) for w in all_weights)
-        radius = self.growth * span
-        limited = float(np.linalg.norm(step)) > radius
+        centre = state.records[self._centre(concept)]
+        step = model.solve(t) - centre.weights
+        limited = float(np.linalg.norm(step)) > state.radius
         if limited:
-            step *= radius / np.linalg.norm(step)
-        weights = current.weights + step
+            step *= state.radius / np.linalg.norm(step)
+        weights = centre.weights + step
         if np.max(np.abs(weights)) > self.max_abs_weight:
             weights *= self.max_abs_weight / np.max(np.abs(weights))
             limited = True
@@ -403,6 +437,8 @@ class AdaptiveController(Controller):
         counts = np.asarray(obs.counts, dtype=np.int64)
         plan = self._plan(obs.concept)  # decided from the data before this batch
         index = self._find(state, weights)
+        # A fresh weight is a step from the trust region's centre; the radius is updated after its batch.
+        centre = state.records[self._centre(obs.concept)] if index is None and state.records else None
         if index is None:
             zeros = np.zeros(spec.num_cells, dtype=np.int64)
             state.records.append(_WeightRecord(weights.copy(), zeros))
@@ -425,10 +461,30 @@ class AdaptiveController(Controller):
                 record.upper = upper if record.upper is None else np.minimum(record.upper, upper)
                 t, eps = spec.target_array, spec.tolerance
                 state.converged = bool(np.all(record.lower >= t - eps) and np.all(record.upper <= t + eps))
+        if centre is not None:
+            self._update_radius(obs.concept, centre, record)
         state.current = index
         state.iterations += 1
         state.last_counts = counts
         state.last_invalid = obs.n_invalid
+
+    def _update_radius(self, concept: str, centre: _WeightRecord, record: _WeightRecord) -> None:
+        """Trust-region update after the first batch at a fresh weight, stepped from ``centre``."""
+        state = self._states[concept]
+        length = float(np.linalg.norm(record.weights - centre.weights))
+        if state.radius is None:  # the probe: the first step sets the scale
+            state.radius = self.growth * length
+            return
+        failed = (
+            record.n == 0
+            or self._degraded(state, record)
+            or self._deviation_bounds(concept, record)[0]
+            > float(np.max(np.abs(centre.ratios - self.concepts[concept].target_array)))
+        )
+        if failed:
+            state.radius = 0.5 * length
+        elif length >= state.radius * (1.0 - 1e-9):
+            state.radius *= self.growth
 
     def _fit_to_budget(self, wanted: int, left: int) -> int:
         granted = min(wanted, left // self.batch_multiple * self.batch_multiple)
@@ -454,15 +510,14 @@ class AdaptiveController(Controller):
         return Proposal(concept, plan.weights.copy(), self.mode, plan.n_images)
 
     def _best(self, concept: str) -> _WeightRecord | None:
-        """The record to report: the current one when converged, else the pooled estimate closest to target."""
+        """The record to report: the certified one when converged, else the trust region's centre (the
+        weight most surely close to the target, not the luckiest small batch)."""
         state = self._states[concept]
         if not state.records:
             return None
         if state.converged:
             return state.records[state.current]
-        t = self.concepts[concept].target_array
-        measured = [r for r in state.records if r.n > 0] or state.records
-        return min(measured, key=lambda r: float(np.max(np.abs(r.ratios - t))))
+        return state.records[self._centre(concept)]
 
     def status(self, concept: str) -> ConceptStatus:
         spec = self.concepts[concept]
