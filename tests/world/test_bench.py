@@ -100,7 +100,7 @@ def test_the_report_renders_the_bench_table(bench, tmp_path):
     text = build_report([out], tmp_path / "bench.html").read_text()
     assert ">World benchmark</h2>" in text
     assert source.settings["sampler"] == "DDIMScheduler"
-    assert f"DDIMScheduler, 2 steps, guidance {WORLD_GUIDANCE:.1f}, η {WORLD_ETA:.1f}" in text
+    assert f"DDIMScheduler, 2 steps, guidance {WORLD_GUIDANCE:g}, η {WORLD_ETA:g}" in text
     for concept in CONCEPTS:
         section = text[text.index(f">Benchmark: {concept}</h2>") :]
         section = section[: section.index("</table>")]

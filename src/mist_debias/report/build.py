@@ -470,8 +470,8 @@ def bench_sections(source: BenchSource, anchor: str) -> list[tuple[str, str, str
             (
                 "sampler",
                 f"{html.escape(str(settings.get('sampler', 'DDIMScheduler')))}, "
-                f"{html.fmt(settings.get('steps'))} steps, guidance {html.fmt(settings.get('guidance'), 1)}, "
-                f"η {html.fmt(settings.get('eta', 0.0), 1)}",
+                f"{html.fmt(settings.get('steps'))} steps, guidance {settings.get('guidance', 0.0):g}, "
+                f"η {settings.get('eta', 0.0):g}",
             ),
             ("seed", html.fmt(settings.get("seed"))),
         ]
