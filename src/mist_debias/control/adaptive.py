@@ -13,8 +13,8 @@ Each concept runs this loop:
    target, inside a trust region of radius ρ around the *centre*: the measured weight whose deviation
    ``max_j |r_j − t_j|`` has the smallest upper confidence bound among weights whose images still decode
    (at least half as often as unedited ones). The probe sets ``ρ = growth · ‖w_probe‖``; a step that
-   ends surely worse than the centre (the lower bound of its deviation above the centre's estimate), or
-   where the images stop decoding, halves ρ to half that step's length, and a step that reached the
+   ends surely worse than the centre (the lower bound of its deviation above the centre's upper bound),
+   or where the images stop decoding, sets ρ to half that step's length, and a step that reached the
    edge of the region without failing multiplies ρ by ``growth``. This finds the weight scale by
    expansion when the response is weak, by interpolation when a step overshot, and backs off from
    weights where the edit breaks the images instead of returning to them. With two cells the proposal
@@ -478,8 +478,7 @@ class AdaptiveController(Controller):
         failed = (
             record.n == 0
             or self._degraded(state, record)
-            or self._deviation_bounds(concept, record)[0]
-            > float(np.max(np.abs(centre.ratios - self.concepts[concept].target_array)))
+            or self._deviation_bounds(concept, record)[0] > self._deviation_bounds(concept, centre)[1]
         )
         if failed:
             state.radius = 0.5 * length
