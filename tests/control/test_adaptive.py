@@ -207,3 +207,30 @@ def test_reports_the_weight_most_surely_on_target_not_the_luckiest_batch():
     assert status.finished and not status.converged
     np.testing.assert_array_equal(status.weights, [-0.5, 0.5])
     assert status.pooled.counts == (270, 230)
+
+
+# The first ten batches of TIME on the world's doctor (guidance 1.5, η 0.75): weights (−x, x), counts, invalid.
+_DOCTOR_TRACE = [
+    (0.0, (62, 1), 1),
+    (0.5, (23, 39), 2),
+    (0.443145361090852, (33, 29), 2),
+    (0.4501737436296788, (33, 27), 4),
+    (0.4571102132338782, (29, 34), 1),
+    (0.45282736820303315, (32, 31), 1),
+    (0.45351077459534694, (35, 27), 2),
+    (0.45805171209138146, (28, 32), 4),
+    (0.45609738563630603, (27, 33), 4),
+    (0.4535313083391824, (40, 23), 1),
+]
+
+
+def test_a_noisy_batch_near_the_target_does_not_collapse_the_trust_region():
+    """Nine batches of 64 around x ≈ 0.45 straddle 50 / 50; the tenth (40 / 23) is 2 standard errors off.
+    That is noise, not a failed step: the controller must go on to certify near x ≈ 0.45 with a larger
+    batch instead of shrinking its region to nothing and exploring with 64 images until the budget ends."""
+    controller = AdaptiveController([ConceptTarget("doctor", HALF)], budget=3072)
+    for x, counts, n_invalid in _DOCTOR_TRACE:
+        controller.observe("doctor", [-x, x], counts, n_invalid)
+    (proposal,) = controller.propose()
+    assert proposal.n_images > controller.n_min
+    assert abs(proposal.weights[1] - 0.455) < 0.02
