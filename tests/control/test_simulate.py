@@ -31,3 +31,12 @@ def test_increments_accumulate():
     increments = [np.asarray(obs.weights) for obs in controller.observations]
     np.testing.assert_allclose(result.final_weights["c"], np.sum(increments, axis=0))
     assert result.rounds == 3
+
+
+def test_no_image_decodes_beyond_the_decodable_limit():
+    plant = SoftmaxPlant.from_ratios([0.6, 0.4], scale=1.0, decodable_limit=2.0)
+    rng = np.random.default_rng(0)
+    counts, n_invalid = plant.sample([2.5, -2.5], 64, rng)
+    assert counts.tolist() == [0, 0] and n_invalid == 64
+    counts, n_invalid = plant.sample([2.0, -2.0], 64, rng)
+    assert counts.sum() == 64 and n_invalid == 0

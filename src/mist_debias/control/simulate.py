@@ -4,7 +4,8 @@ The real plant is "edit the model with weights w, generate n images, classify th
 
     r(w) = softmax(a + B φ(w)),      φ(w)_j = c · tanh(w_j / c)  (or φ(w) = w when c is None),
 
-sampled with multinomial noise (and an optional rate of images the classifier cannot decode). The gain
+sampled with multinomial noise (and an optional rate of images the classifier cannot decode, or a weight
+beyond which no image decodes: an edit pushed past its range). The gain
 matrix B sets the weight scale the controller has to discover: a small scale needs large weights, a
 large scale makes fixed steps overshoot. Its off-diagonal part models attribute directions that also
 move other cells; the saturation c models a response that flattens for large weights.
@@ -26,12 +27,14 @@ from mist_debias.control.base import Controller
 
 @dataclass(frozen=True)
 class SoftmaxPlant:
-    """``r(w) = softmax(offsets + gain @ φ(w))`` with multinomial sampling noise."""
+    """``r(w) = softmax(offsets + gain @ φ(w))`` with multinomial sampling noise; no image decodes where
+    ``max_j |w_j| > decodable_limit``."""
 
     offsets: np.ndarray
     gain: np.ndarray
     saturation: float | None = None
     invalid_rate: float = 0.0
+    decodable_limit: float | None = None
 
     @classmethod
     def from_ratios(
@@ -42,6 +45,7 @@ class SoftmaxPlant:
         seed: int = 0,
         saturation: float | None = None,
         invalid_rate: float = 0.0,
+        decodable_limit: float | None = None,
     ) -> SoftmaxPlant:
         """A plant whose unedited ratios are ``initial_ratios`` and whose gain is
         ``B = scale · (I + cross · G)``, G a seeded standard-normal K×K matrix divided by sqrt(K)."""
@@ -49,7 +53,7 @@ class SoftmaxPlant:
         num_cells = len(r0)
         noise = np.random.default_rng(seed).standard_normal((num_cells, num_cells)) / np.sqrt(num_cells)
         gain = scale * (np.eye(num_cells) + cross * noise)
-        return cls(np.log(r0), gain, saturation, invalid_rate)
+        return cls(np.log(r0), gain, saturation, invalid_rate, decodable_limit)
 
     @property
     def num_cells(self) -> int:
@@ -64,6 +68,8 @@ class SoftmaxPlant:
 
     def sample(self, weights, n: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """Classify ``n`` simulated images: (per-cell counts over the valid ones, number invalid)."""
+        if self.decodable_limit is not None and np.max(np.abs(weights)) > self.decodable_limit:
+            return np.zeros(self.num_cells, dtype=np.int64), n
         n_invalid = int(rng.binomial(n, self.invalid_rate)) if self.invalid_rate > 0 else 0
         counts = rng.multinomial(n - n_invalid, self.ratios(weights))
         return counts, n_invalid
