@@ -14,9 +14,9 @@ import time
 
 import numpy as np
 
-from mist_debias.control import AdaptiveController, ConceptTarget, OfficialController
-from mist_debias.control.simulate import SoftmaxPlant, simulate
-from mist_debias.metrics import confidence_sequence, wilson_interval
+from mist_debias.loop.control import AdaptiveController, ConceptTarget, OfficialController
+from mist_debias.loop.control.simulate import SoftmaxPlant, simulate
+from mist_debias.measure.metrics import confidence_sequence, wilson_interval
 
 FRESH_IMAGES = 2000
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mist_debias.edit import Edit
-from mist_debias.generate import GenerationConfig, UNetEvaluationCounter, generate_images
-from mist_debias.layers import find_cross_attention_projections
-from mist_debias.targets import ConceptPrompts, EditProblem
+from mist_debias.core.edit import Edit
+from mist_debias.core.generate import GenerationConfig, UNetEvaluationCounter, generate_images
+from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.targets import ConceptPrompts, EditProblem
+from mist_debias.core.text import PromptEncoder
 from mist_debias.testing import FAMILIES, build_pipeline
-from mist_debias.text import PromptEncoder
 
 GENDER = ("a photo of a man", "a photo of a woman")
 
@@ -77,8 +77,8 @@ def correctness(family: str, dtype: torch.dtype, device: torch.device) -> dict:
 
 def debias_loop(device: torch.device, dtype: str) -> dict:
     """A two-round debias run on a tiny pipeline with a tiny CLIP classifier, generating in ``dtype``."""
-    from mist_debias.config import AttributesConfig, RunConfig
-    from mist_debias.runner import prepare_run
+    from mist_debias.loop.config import AttributesConfig, RunConfig
+    from mist_debias.loop.runner import prepare_run
     from mist_debias.testing import build_clip, save_clip, save_pipeline
 
     with tempfile.TemporaryDirectory() as folder:

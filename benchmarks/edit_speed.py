@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from mist_debias.edit import Edit
-from mist_debias.layers import find_cross_attention_projections
-from mist_debias.prompts import PROFESSIONS
-from mist_debias.targets import ConceptPrompts, EditProblem
+from mist_debias.core.edit import Edit
+from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.prompts import PROFESSIONS
+from mist_debias.core.targets import ConceptPrompts, EditProblem
+from mist_debias.core.text import PromptEncoder
 from mist_debias.testing import build_pipeline
-from mist_debias.text import PromptEncoder
 
 
 def rss_mb() -> float:

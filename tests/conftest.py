@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers.utils import logging as diffusers_logging
 
-from mist_debias.pipeline import load_pipeline
+from mist_debias.core.pipeline import load_pipeline
 from mist_debias.testing import FAMILIES, build_clip, build_pipeline, save_clip, save_pipeline
 
 diffusers_logging.disable_progress_bar()

@@ -1,5 +1,5 @@
 """``python -m mist_debias`` runs the ``mist`` command line."""
 
-from mist_debias.cli import main
+from mist_debias.app.cli import main
 
 main()

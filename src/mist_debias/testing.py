@@ -1,6 +1,6 @@
 """Random-weight Stable Diffusion pipelines built from configs, for tests and benchmarks.
 
-Three families with the real CLIP tokenizer (derived offline, see :mod:`mist_debias.clip_vocab`):
+Three families with the real CLIP tokenizer (derived offline, see :mod:`mist_debias.core.clip_vocab`):
 
 - ``sd1``: SD1.x layout — one CLIP text encoder, last hidden state, padding with the EOS id.
 - ``sd2``: SD2.x layout — linear projections in the transformers, padding with ``"!"`` (id 0).
@@ -27,8 +27,8 @@ from diffusers import (
 )
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from mist_debias.classify.clip import CLIPImageProcessor
-from mist_debias.clip_vocab import END_TOKEN, clip_tokenizer, write_clip_tokenizer
+from mist_debias.core.clip_vocab import END_TOKEN, clip_tokenizer, write_clip_tokenizer
+from mist_debias.measure.classifiers.clip import CLIPImageProcessor
 
 Family = Literal["sd1", "sd2", "sdxl"]
 FAMILIES: tuple[Family, ...] = ("sd1", "sd2", "sdxl")

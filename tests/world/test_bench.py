@@ -7,13 +7,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mist_debias.edit import Edit, fingerprint
-from mist_debias.layers import find_cross_attention_projections
-from mist_debias.metrics import wilson_interval
-from mist_debias.pipeline import load_pipeline
-from mist_debias.report import build_report
-from mist_debias.report.sources import BenchSource, read_source
-from mist_debias.runner import run_preserve_prompts
+from mist_debias.app.report import build_report
+from mist_debias.app.report.sources import BenchSource, read_source
+from mist_debias.core.edit import Edit, fingerprint
+from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.pipeline import load_pipeline
+from mist_debias.loop.runner import run_preserve_prompts
+from mist_debias.measure.metrics import wilson_interval
 from mist_debias.world.bench import (
     BENCH_METHODS,
     BenchContext,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mist_debias.classify.base import CellClassifier
-from mist_debias.spec import AttributeSpec, Axis, Cell
+from mist_debias.core.spec import AttributeSpec, Axis, Cell
+from mist_debias.measure.classifiers.base import CellClassifier
 from mist_debias.world.bias import sample_attributes
 from mist_debias.world.oracle import WorldDecoder, WorldOracle, cell_constraints, decode_rate
 from mist_debias.world.render import HAIR_COLORS, Attributes, render, render_batch, to_pil

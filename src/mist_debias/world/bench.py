@@ -27,11 +27,11 @@ a range the loop (seeds ``seed + …``, validation ``seed + 5·10⁶ + …``) ne
 original images are *paired* by seed. From the oracle's decoding of these images:
 
 * the concept: its cell distribution with simultaneous 95% (Wilson/Goodman) intervals, Δ and KL
-  (:class:`~mist_debias.metrics.Distribution`), the share of decoded images that keep the profession;
+  (:class:`~mist_debias.measure.metrics.Distribution`), the share of decoded images that keep the profession;
 * preservation, for every world profession the run did not edit: its split over each axis (gender, race,
   age) before and after with simultaneous 95% intervals, flagged as *moved* when an edited ratio lies outside
   the original's interval; the share of decoded images that keep the right profession; and the same-seed
-  pixel change ``d = mean_pixels |x_edit − x_orig| / 255`` (:func:`~mist_debias.evaluate.pixel_change`).
+  pixel change ``d = mean_pixels |x_edit − x_orig| / 255`` (:func:`~mist_debias.measure.evaluate.pixel_change`).
 
 Images and UNet evaluations used and wall time are the loop's own (from its log); measuring costs the same
 for every method and is reported apart. The original model's images are stored once
@@ -59,19 +59,19 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from mist_debias import __version__
-from mist_debias.atomic import atomic_file, write_text_atomic
-from mist_debias.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
-from mist_debias.debias import RunFolder
-from mist_debias.edit import Edit, fingerprint
-from mist_debias.errors import MistError
-from mist_debias.evaluate import pixel_change
-from mist_debias.generate import GenerationConfig, generate_images
-from mist_debias.layers import find_cross_attention_projections
-from mist_debias.metrics import Distribution
-from mist_debias.pipeline import default_device, load_pipeline
-from mist_debias.prompts import concept_prompt
-from mist_debias.runner import ORACLE, is_bundled_world, prepare_run
-from mist_debias.spec import AttributeSpec, Axis
+from mist_debias.core.atomic import atomic_file, write_text_atomic
+from mist_debias.core.edit import Edit, fingerprint
+from mist_debias.core.errors import MistError
+from mist_debias.core.generate import GenerationConfig, generate_images
+from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.pipeline import default_device, load_pipeline
+from mist_debias.core.prompts import concept_prompt
+from mist_debias.core.spec import AttributeSpec, Axis
+from mist_debias.loop.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
+from mist_debias.loop.debias import RunFolder
+from mist_debias.loop.runner import ORACLE, is_bundled_world, prepare_run
+from mist_debias.measure.evaluate import pixel_change
+from mist_debias.measure.metrics import Distribution
 from mist_debias.world.bias import PROFESSIONS
 from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE, bundled_world_path
 from mist_debias.world.oracle import WorldOracle

@@ -22,7 +22,7 @@ import torch
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 
-from mist_debias.atomic import atomic_directory
+from mist_debias.core.atomic import atomic_directory
 
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"

@@ -87,7 +87,7 @@ def bench(
     device: str = typer.Option(None, "--device", help="torch device (default: CUDA, MPS or CPU)."),
 ) -> None:
     """Benchmark MIST (adaptive, official), UCE and TIME against the exact oracle; write bench.json/csv/md."""
-    from mist_debias.errors import MistError
+    from mist_debias.core.errors import MistError
     from mist_debias.world.bench import BenchSettings, markdown_table, run_bench
 
     console = Console(stderr=True)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPConfig, CLIPModel
 
-from mist_debias.clip_vocab import END_TOKEN, START_TOKEN
+from mist_debias.core.clip_vocab import END_TOKEN, START_TOKEN
 from mist_debias.world.render import IMAGE_SIZE
 
 VOCAB_SIZE = 49408

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mist_debias.classify.base import CellPredictions
-from mist_debias.spec import AttributeSpec, Cell
+from mist_debias.core.spec import AttributeSpec, Cell
+from mist_debias.measure.classifiers.base import CellPredictions
 from mist_debias.world.render import AGES, BACKGROUND_COLORS, GENDERS, IMAGE_SIZE, RACES, Attributes, palette
 
 GENDER_WORDS: dict[str, str] = {
@@ -193,7 +193,7 @@ def _matches(attributes: Attributes, constraints: dict[str, str]) -> bool:
 
 
 class WorldOracle:
-    """The exact oracle as a :class:`~mist_debias.classify.base.CellClassifier`.
+    """The exact oracle as a :class:`~mist_debias.measure.classifiers.base.CellClassifier`.
 
     An image's row is one-hot on the cell its decoded attributes match (split evenly if several cells
     match, e.g. overlapping explicit cells); images that could not be decoded, or that match no cell, are

@@ -32,7 +32,7 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
-from mist_debias.generate import GenerationConfig, generate_images
+from mist_debias.core.generate import GenerationConfig, generate_images
 from mist_debias.world.bias import CONTROL_PROFESSIONS, PROFESSIONS, TABLE_SHAPE, planted_table
 from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
 from mist_debias.world.captions import bare_caption, caption_fits

@@ -55,7 +55,7 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from mist_debias.clip_vocab import END_TOKEN, write_clip_tokenizer
+from mist_debias.core.clip_vocab import END_TOKEN, write_clip_tokenizer
 from mist_debias.world.bias import sample_attributes
 from mist_debias.world.captions import caption_fits, every_caption, sample_captions
 from mist_debias.world.checkpoint import STATE_FILE, TrainingLoop, load_checkpoint, save_checkpoint

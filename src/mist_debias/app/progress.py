@@ -1,0 +1,92 @@
+"""Terminal output of a debias run: a rich progress bar per concept and the before/after table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mist_debias.loop.debias import DebiasRun
+
+
+def _ratios(ratios, lower, upper) -> str:
+    return " ".join(f"{r:.2f}[{lo:.2f},{hi:.2f}]" for r, lo, hi in zip(ratios, lower, upper, strict=True))
+
+
+class DebiasProgress:
+    """One progress row per concept: iteration, latest ratios with intervals, images used, state."""
+
+    def __init__(self, run: DebiasRun, console: Console) -> None:
+        self.run = run
+        budget = run.controller.budget
+        self.progress = Progress(
+            TextColumn("{task.fields[name]:>12}"),
+            BarColumn(),
+            TextColumn("{task.completed:>6.0f} img"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.tasks = {name: self.progress.add_task(name, total=budget, name=name, info="waiting") for name in run.order}
+
+    def __enter__(self) -> DebiasProgress:
+        self.progress.__enter__()
+        self.update(self.run)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, run: DebiasRun) -> None:
+        for name, task in self.tasks.items():
+            entries = [e for e in run.log if e["concept"] == name]
+            if not entries:
+                continue
+            last = entries[-1]
+            status = run.controller.status(name)
+            state = "converged" if status.converged else (status.reason if status.finished else "running")
+            info = f"it {len(entries)}  {_ratios(last['ratios'], last['lower'], last['upper'])}  {state}"
+            self.progress.update(task, completed=sum(e["n_images"] for e in entries), info=info)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """Before/after per concept and cell: ratios with 95% simultaneous intervals, and Δ."""
+    table = Table(title="mist debias: before → after (95% simultaneous intervals)")
+    for column in ("concept", "cell", "target", "before", "after", "after (fresh seeds)"):
+        table.add_column(column)
+
+    def cell_text(distribution, index: int) -> str:
+        if distribution is None:
+            return "–"
+        return (
+            f"{distribution['ratios'][index]:.3f} "
+            f"[{distribution['lower'][index]:.3f}, {distribution['upper'][index]:.3f}]"
+        )
+
+    def delta(distribution) -> str:
+        return "–" if distribution is None else f"Δ {distribution['deviation']:.3f}  n={sum(distribution['counts'])}"
+
+    for concept in summary["concepts"]:
+        fresh = concept.get("after_fresh_seeds")
+        for index, phrase in enumerate(concept["cells"]):
+            table.add_row(
+                concept["name"] if index == 0 else "",
+                phrase,
+                f"{concept['target'][index]:.3f}",
+                cell_text(concept["before"], index),
+                cell_text(concept["after"], index),
+                cell_text(fresh, index),
+            )
+        state = "converged (certified)" if concept["converged"] else concept["reason"]
+        table.add_row(
+            "",
+            state,
+            f"{concept['images_used']} img",
+            delta(concept["before"]),
+            delta(concept["after"]),
+            delta(fresh),
+            end_section=True,
+        )
+    return table

@@ -1,0 +1,81 @@
+"""Atomic writes: a file or folder appears complete at its final path, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from mist_debias.core.errors import OutputPathError
+
+
+def check_output_path(path: Path, force: bool = False) -> Path:
+    """Refuse an existing ``path`` (unless ``force``) and a parent folder that cannot be written."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputPathError(f"{path} already exists (use --force to replace it)")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"cannot write to {parent}: not a writable folder")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` (an atomic replace)."""
+    path = check_output_path(Path(path), force)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
+    os.close(handle)
+    temp = Path(temp_name)
+    os.chmod(temp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on success it takes the place of ``path``."""
+    path = check_output_path(Path(path), force)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(temp, 0o777 & ~_umask())
+    except OSError as error:
+        raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
+    try:
+        yield temp
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, trash / path.name)
+            os.replace(temp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(temp, path)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (overwrites; for files a program owns, like run logs)."""
+    with atomic_file(path, force=True) as temp:
+        temp.write_text(text, encoding="utf-8")

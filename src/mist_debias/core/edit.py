@@ -1,0 +1,229 @@
+"""``Edit``: a solved cross-attention edit as a rank-k adapter — apply, revert, scale, save, load, export.
+
+An edit stores ``W' − W = L R`` for every edited projection: one shared ``R ∈ R^{k×d}`` and a per-layer
+``L ∈ R^{m×k}`` (kilobytes, not a UNet). Applying at strength α sets ``W ← W + α L R``; reverting restores the
+original tensors bit for bit. The file format is safetensors (``right`` and ``left.<layer name>`` tensors,
+float32) with JSON metadata: format version, base-model fingerprint, layers, concepts, attribute prompts and
+weights, hyperparameters and library version.
+
+The edit is exactly a LoRA with ``lora_A = R`` and ``lora_B = α L`` (rank k, alpha = k), which is how it is
+exported for ``pipe.load_lora_weights``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from mist_debias import __version__
+from mist_debias.core.atomic import atomic_directory, atomic_file
+from mist_debias.core.errors import EditFileError
+from mist_debias.core.layers import Projection, find_cross_attention_projections
+from mist_debias.core.solve import LowRankUpdate
+
+FORMAT = "mist-debias-edit"
+FORMAT_VERSION = 1
+RIGHT_KEY = "right"
+LEFT_PREFIX = "left."
+
+
+def fingerprint(projections: list[Projection]) -> str:
+    """SHA-256 of the edited tensors (names, shapes, values cast to float16).
+
+    Casting to float16 makes the fingerprint the same whether a model is loaded in float32 or float16.
+    """
+    digest = hashlib.sha256()
+    for projection in projections:
+        weight = projection.module.weight.detach()
+        digest.update(f"{projection.name}:{tuple(weight.shape)};".encode())
+        digest.update(weight.to(device="cpu", dtype=torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _as_stored(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def _unet_of(model: DiffusionPipeline | torch.nn.Module) -> torch.nn.Module:
+    return model.unet if hasattr(model, "unet") else model
+
+
+@dataclass
+class AppliedEdit:
+    """Handle of an edit applied in place; :meth:`revert` restores the original weights bit-exactly."""
+
+    originals: dict[str, torch.Tensor]
+    modules: dict[str, torch.nn.Linear]
+    reverted: bool = False
+
+    @torch.no_grad()
+    def revert(self) -> None:
+        if self.reverted:
+            return
+        for name, original in self.originals.items():
+            self.modules[name].weight.copy_(original)
+        self.reverted = True
+
+
+@dataclass
+class Edit:
+    """A low-rank cross-attention edit: ``W ← W + α L R`` on the named projections."""
+
+    right: torch.Tensor
+    left: dict[str, torch.Tensor]
+    base_fingerprint: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.right = _as_stored(self.right)
+        self.left = {name: _as_stored(t) for name, t in self.left.items()}
+
+    @classmethod
+    def from_update(cls, update: LowRankUpdate, projections: list[Projection], info: dict[str, Any]) -> Edit:
+        """Wrap a solved :class:`LowRankUpdate` of ``projections`` (fingerprinted in their current state)."""
+        return cls(right=update.right, left=dict(update.left), base_fingerprint=fingerprint(projections), info=info)
+
+    @property
+    def rank(self) -> int:
+        return int(self.right.shape[0])
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.left)
+
+    def delta(self, name: str, scale: float = 1.0) -> torch.Tensor:
+        """``α L R`` of one layer (float32, CPU)."""
+        return scale * (self.left[name] @ self.right)
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything the file records besides the tensors."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "base_fingerprint": self.base_fingerprint,
+            "rank": self.rank,
+            "layers": self.layer_names,
+            **self.info,
+        }
+
+    def _projections(self, model: DiffusionPipeline | torch.nn.Module, check: bool) -> list[Projection]:
+        found = {p.name: p for p in find_cross_attention_projections(_unet_of(model))}
+        missing = [name for name in self.left if name not in found]
+        if missing:
+            raise EditFileError(f"edit does not fit this model: it has no layer {missing[0]}")
+        projections = [found[name] for name in self.left]
+        for projection in projections:
+            expected = (self.left[projection.name].shape[0], self.right.shape[1])
+            if projection.weight_shape != expected:
+                raise EditFileError(
+                    f"edit does not fit this model: {projection.name} is {projection.weight_shape}, "
+                    f"the edit expects {expected}"
+                )
+        if check and fingerprint(projections) != self.base_fingerprint:
+            raise EditFileError(
+                "edit was made for another base model (fingerprint mismatch); load the model it was solved on"
+            )
+        return projections
+
+    @torch.no_grad()
+    def apply(self, model: DiffusionPipeline | torch.nn.Module, scale: float = 1.0, check: bool = True) -> AppliedEdit:
+        """Add ``α L R`` to every edited projection of ``model`` (a pipeline or UNet) in place.
+
+        The product is formed in float32 (in place for float32 weights; float16/bfloat16 weights are updated
+        through a float32 copy and rounded once).
+
+        ``check`` verifies the base-model fingerprint first. Returns a handle whose ``revert()`` restores the
+        original tensors bit-exactly.
+        """
+        projections = self._projections(model, check)
+        originals, modules = {}, {}
+        for projection in projections:
+            weight = projection.module.weight
+            originals[projection.name] = weight.detach().clone()
+            modules[projection.name] = projection.module
+            left = self.left[projection.name].to(weight.device)
+            right = self.right.to(weight.device)
+            if weight.dtype == torch.float32:
+                weight.addmm_(left, right, alpha=scale)
+            else:
+                weight.copy_(torch.addmm(weight.float(), left, right, alpha=scale).to(weight.dtype))
+        return AppliedEdit(originals=originals, modules=modules)
+
+    @contextmanager
+    def applied(self, model: DiffusionPipeline | torch.nn.Module, scale: float = 1.0) -> Iterator[AppliedEdit]:
+        """Context manager: the edit is applied inside the block and reverted after it."""
+        handle = self.apply(model, scale)
+        try:
+            yield handle
+        finally:
+            handle.revert()
+
+    def save(self, path: Path, force: bool = False) -> Path:
+        """Write the edit as one ``.safetensors`` file (atomic)."""
+        tensors = {RIGHT_KEY: self.right, **{LEFT_PREFIX + name: t for name, t in self.left.items()}}
+        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "mist": json.dumps(self.metadata())}
+        with atomic_file(Path(path), force=force) as temp:
+            save_file(tensors, str(temp), metadata=header)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Edit:
+        """Read an edit file; anything that is not a complete edit file raises :class:`EditFileError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise EditFileError(f"edit file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                header = handle.metadata() or {}
+                if header.get("format") != FORMAT:
+                    raise EditFileError(f"{path} is a safetensors file but not a mist-debias edit")
+                if int(header.get("format_version", "0")) > FORMAT_VERSION:
+                    raise EditFileError(f"{path} needs a newer mist-debias (format {header['format_version']})")
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            info = json.loads(header["mist"])
+        except (SafetensorError, OSError, ValueError, KeyError) as error:
+            if isinstance(error, EditFileError):
+                raise
+            raise EditFileError(f"{path} is not a readable edit file (truncated or not safetensors)") from None
+        layers = info.get("layers", [])
+        if RIGHT_KEY not in tensors or set(tensors) != {RIGHT_KEY, *(LEFT_PREFIX + name for name in layers)}:
+            raise EditFileError(f"{path} is incomplete: its tensors do not match its layer list")
+        left = {name: tensors[LEFT_PREFIX + name] for name in layers}
+        known = {"format", "format_version", "library_version", "base_fingerprint", "rank", "layers"}
+        extra = {key: value for key, value in info.items() if key not in known}
+        return cls(right=tensors[RIGHT_KEY], left=left, base_fingerprint=info["base_fingerprint"], info=extra)
+
+    def lora_state_dict(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
+        """PEFT LoRA tensors: ``lora_A = R`` (k × d), ``lora_B = α L`` (m × k); with alpha = rank, ΔW = B A."""
+        state = {}
+        for name, left in self.left.items():
+            state[f"{name}.lora_A.weight"] = self.right.clone()
+            state[f"{name}.lora_B.weight"] = scale * left
+        return state
+
+    def export_lora(self, pipe: DiffusionPipeline, out_dir: Path, scale: float = 1.0, force: bool = False) -> Path:
+        """Write a diffusers LoRA folder that ``pipe.load_lora_weights(out_dir)`` loads."""
+        self._projections(pipe, check=True)
+        metadata = {"r": self.rank, "lora_alpha": self.rank, "target_modules": self.layer_names}
+        with atomic_directory(Path(out_dir), force=force) as temp:
+            type(pipe).save_lora_weights(
+                str(temp), unet_lora_layers=self.lora_state_dict(scale), unet_lora_adapter_metadata=metadata
+            )
+        return Path(out_dir)
+
+    def export_pipeline(self, pipe: DiffusionPipeline, out_dir: Path, scale: float = 1.0, force: bool = False) -> Path:
+        """Write a complete diffusers pipeline folder with the edit baked into the UNet weights."""
+        with atomic_directory(Path(out_dir), force=force) as temp, self.applied(pipe, scale):
+            pipe.save_pretrained(str(temp), safe_serialization=True)
+        return Path(out_dir)

@@ -1,0 +1,83 @@
+"""Load a user's Stable Diffusion pipeline (hub id or local folder) quietly and check it can be edited."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from mist_debias.core.errors import ModelLoadError
+from mist_debias.core.layers import find_cross_attention_projections
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_device() -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers progress bars, info logs and Python warnings (for the CLI)."""
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") != 1
+
+
+def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Sample with the diffusers scheduler class ``name``, built from the pipeline's scheduler config (so the
+    noise schedule the model was trained with is kept). Raises :class:`ModelLoadError` for a class that is not
+    one of the scheduler's ``compatibles``."""
+    compatible = {cls.__name__: cls for cls in pipe.scheduler.compatibles}
+    if name not in compatible:
+        choices = ", ".join(sorted(compatible))
+        raise ModelLoadError(f"unknown scheduler {name!r} for this pipeline (choose from {choices})")
+    pipe.scheduler = compatible[name].from_config(pipe.scheduler.config)
+
+
+def load_pipeline(
+    model: str | Path, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> DiffusionPipeline:
+    """Load a text-to-image diffusers pipeline with a cross-attention UNet.
+
+    ``model`` is a local folder (``model_index.json`` inside) or a hub id (``owner/name``). Raises
+    :class:`ModelLoadError` with one line for a missing path, a folder that is not a diffusers SD pipeline, a
+    hub id that cannot be fetched, or a UNet without cross-attention.
+    """
+    model = str(model)
+    if _looks_like_path(model):
+        folder = Path(model).expanduser()
+        if not folder.exists():
+            raise ModelLoadError(f"model not found: {model}")
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+    except Exception as error:  # any loader failure becomes one line for the user
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"could not load {model}: {reason[:200]}") from None
+    for component in ("unet", "tokenizer", "text_encoder"):
+        if getattr(pipe, component, None) is None:
+            raise ModelLoadError(f"{model} is not a Stable Diffusion text-to-image pipeline (no {component})")
+    find_cross_attention_projections(pipe.unet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device or default_device())

@@ -1,0 +1,36 @@
+"""Feedback controllers for the debias loop, and a simulated plant to test them against."""
+
+from mist_debias.loop.control.adaptive import AdaptiveController
+from mist_debias.loop.control.base import (
+    MODES,
+    ConceptStatus,
+    ConceptTarget,
+    Controller,
+    Observation,
+    Proposal,
+)
+from mist_debias.loop.control.official import OfficialController
+
+CONTROLLERS: dict[str, type[Controller]] = {
+    OfficialController.name: OfficialController,
+    AdaptiveController.name: AdaptiveController,
+}
+
+
+def controller_from_dict(config: dict) -> Controller:
+    """Rebuild any controller from its :meth:`Controller.to_dict` configuration."""
+    return CONTROLLERS[config["controller"]].from_dict(config)
+
+
+__all__ = [
+    "CONTROLLERS",
+    "MODES",
+    "AdaptiveController",
+    "ConceptStatus",
+    "ConceptTarget",
+    "Controller",
+    "Observation",
+    "OfficialController",
+    "Proposal",
+    "controller_from_dict",
+]

@@ -1,0 +1,271 @@
+"""The contract between the debias loop and its feedback controllers.
+
+One controller drives every concept of a run. The loop repeats::
+
+    while proposals := controller.propose():
+        for p in proposals:
+            images = generate(edit built from p.weights as p.mode says, p.concept, p.n_images)
+            counts, n_invalid = classify(images)
+            controller.observe(p.concept, p.weights, counts, n_invalid)
+
+``mode`` tells the loop how to turn a proposal's weights into an edit:
+
+- ``"absolute"``: the weights are solved from the ORIGINAL model weights. The loop builds
+  ``v* = W c_s + Σ_j w_j ‖W c_s‖ u_j`` from the unedited ``W`` (the result is reproducible from the
+  weights alone; no state compounds).
+- ``"increment"``: the official MIST procedure. The weights are applied on top of the current,
+  already-edited W, and the result becomes the new current W (edits compound).
+
+A controller is a deterministic function of its configuration (:meth:`Controller.to_dict`) and the
+ordered sequence of observations: :meth:`Controller.replay` rebuilds it exactly from a log, which is how a
+killed run resumes. ``propose`` never changes the state, so calling it twice gives the same answer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mist_debias.measure.metrics import Distribution
+
+MODES = ("absolute", "increment")
+
+
+@dataclass(frozen=True)
+class ConceptTarget:
+    """One concept to balance: its name, the target distribution over its K cells and the tolerance ε."""
+
+    name: str
+    target: tuple[float, ...]
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        target = np.asarray(self.target, dtype=np.float64)
+        if target.ndim != 1 or len(target) < 2:
+            raise ValueError(f"concept {self.name!r}: a target needs at least 2 cells")
+        if np.any(target < 0) or abs(target.sum() - 1.0) > 1e-6:
+            raise ValueError(f"concept {self.name!r}: target must be non-negative and sum to 1")
+        if not 0.0 < self.tolerance < 0.5:
+            raise ValueError(f"concept {self.name!r}: tolerance must lie in (0, 0.5), got {self.tolerance}")
+        object.__setattr__(self, "target", tuple(float(x) for x in target))
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.target)
+
+    @property
+    def target_array(self) -> np.ndarray:
+        return np.asarray(self.target, dtype=np.float64)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "target": list(self.target), "tolerance": self.tolerance}
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Generate ``n_images`` of ``concept`` with the edit given by ``weights`` (length K) and ``mode``."""
+
+    concept: str
+    weights: np.ndarray
+    mode: str
+    n_images: int
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the loop reports back: the classifier's hard counts for the images made at ``weights``."""
+
+    concept: str
+    weights: tuple[float, ...]
+    counts: tuple[int, ...]
+    n_invalid: int = 0
+
+    @property
+    def n_images(self) -> int:
+        return int(sum(self.counts)) + self.n_invalid
+
+    def to_dict(self) -> dict:
+        return {
+            "concept": self.concept,
+            "weights": list(self.weights),
+            "counts": list(self.counts),
+            "n_invalid": self.n_invalid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Observation:
+        return cls(
+            data["concept"],
+            tuple(float(x) for x in data["weights"]),
+            tuple(int(x) for x in data["counts"]),
+            int(data.get("n_invalid", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class ConceptStatus:
+    """Where one concept stands.
+
+    ``weights``: for absolute controllers the weights to build the final edit from (the certified ones
+    when converged, otherwise those whose pooled estimate is closest to target); for increment
+    controllers the sum of the increments applied so far (informational: the compounded W is the edit).
+    ``last``: the latest batch alone (fixed-n simultaneous Wilson intervals). ``pooled``: all images at
+    ``weights`` (same kind of intervals). ``certificate_lower/upper``: the anytime-valid intervals
+    at level ``1 − certificate_alpha`` on which convergence is decided (None when the controller
+    decides on point estimates).
+    """
+
+    concept: str
+    finished: bool
+    converged: bool
+    reason: str
+    mode: str
+    iterations: int
+    images_used: int
+    weights: np.ndarray
+    last: Distribution | None
+    pooled: Distribution | None
+    certificate_lower: tuple[float, ...] | None = None
+    certificate_upper: tuple[float, ...] | None = None
+    certificate_alpha: float | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "concept": self.concept,
+            "finished": self.finished,
+            "converged": self.converged,
+            "reason": self.reason,
+            "mode": self.mode,
+            "iterations": self.iterations,
+            "images_used": self.images_used,
+            "weights": [float(x) for x in self.weights],
+            "last": None if self.last is None else self.last.to_dict(),
+            "pooled": None if self.pooled is None else self.pooled.to_dict(),
+            "certificate_lower": None if self.certificate_lower is None else list(self.certificate_lower),
+            "certificate_upper": None if self.certificate_upper is None else list(self.certificate_upper),
+            "certificate_alpha": self.certificate_alpha,
+        }
+
+
+class Controller(ABC):
+    """Bookkeeping shared by all controllers: concepts, budget, the observation log and replay.
+
+    Subclasses implement :meth:`_record` (fold one observation into the per-concept state),
+    :meth:`_wanted` (the next proposal a concept would like, or None when it is finished) and
+    :meth:`status`. ``budget`` caps the total number of generated images (valid or not) over all
+    concepts; None means unlimited.
+    """
+
+    name: ClassVar[str]
+    mode: ClassVar[str]
+
+    def __init__(self, concepts: Sequence[ConceptTarget], budget: int | None = None) -> None:
+        names = [c.name for c in concepts]
+        if not names:
+            raise ValueError("a controller needs at least one concept")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate concept names: {names}")
+        if budget is not None and budget <= 0:
+            raise ValueError(f"budget must be positive, got {budget}")
+        self.concepts = {c.name: c for c in concepts}
+        self.budget = budget
+        self.observations: list[Observation] = []
+
+    # ----------------------------------------------------------------- configuration and replay
+
+    def options(self) -> dict[str, Any]:
+        """The controller-specific settings (constructor keyword arguments)."""
+        return {}
+
+    def to_dict(self) -> dict:
+        """The full configuration: with the observation log it determines the controller's state."""
+        return {
+            "controller": self.name,
+            "concepts": [c.to_dict() for c in self.concepts.values()],
+            "budget": self.budget,
+            **self.options(),
+        }
+
+    @classmethod
+    def from_dict(cls, config: dict) -> Controller:
+        options = {k: v for k, v in config.items() if k not in ("controller", "concepts", "budget")}
+        concepts = [ConceptTarget(c["name"], tuple(c["target"]), c["tolerance"]) for c in config["concepts"]]
+        return cls(concepts, budget=config["budget"], **options)
+
+    @classmethod
+    def replay(cls, config: dict, observations: Iterable[Observation | dict]) -> Controller:
+        """Rebuild a controller from its configuration and its logged observations, in order."""
+        controller = cls.from_dict(config)
+        for obs in observations:
+            obs = obs if isinstance(obs, Observation) else Observation.from_dict(obs)
+            controller.observe(obs.concept, obs.weights, obs.counts, obs.n_invalid)
+        return controller
+
+    # ----------------------------------------------------------------------------- the contract
+
+    @property
+    def images_used(self) -> int:
+        return sum(obs.n_images for obs in self.observations)
+
+    @property
+    def budget_left(self) -> int | None:
+        return None if self.budget is None else self.budget - self.images_used
+
+    def concept_images(self, concept: str) -> int:
+        return sum(obs.n_images for obs in self.observations if obs.concept == concept)
+
+    def observe(self, concept: str, weights, counts, n_invalid: int = 0) -> None:
+        """Record the classifier's hard ``counts`` (length K, valid images only) and the number of
+        images it could not classify, for images generated at the proposal's ``weights``."""
+        if concept not in self.concepts:
+            raise KeyError(f"unknown concept {concept!r}")
+        num_cells = self.concepts[concept].num_cells
+        weights = np.asarray(weights, dtype=np.float64)
+        counts = np.asarray(counts)
+        if weights.shape != (num_cells,) or counts.shape != (num_cells,):
+            raise ValueError(f"concept {concept!r} has {num_cells} cells; got {weights.shape}, {counts.shape}")
+        if np.any(counts < 0) or n_invalid < 0 or np.any(counts != np.round(counts)):
+            raise ValueError("counts and n_invalid must be non-negative integers")
+        if self.status(concept).finished:
+            raise ValueError(f"concept {concept!r} is finished; it takes no more observations")
+        obs = Observation(concept, tuple(float(x) for x in weights), tuple(int(x) for x in counts), int(n_invalid))
+        self._record(obs)
+        self.observations.append(obs)
+
+    def propose(self) -> list[Proposal]:
+        """The next batch to generate for every unfinished concept ([] when all are finished).
+
+        Requests are served in concept order within the remaining budget; a concept that does not fit
+        this round waits. Pure: does not change the controller.
+        """
+        left = self.budget_left
+        proposals = []
+        for name in self.concepts:
+            wanted = self._wanted(name)
+            if wanted is None:
+                continue
+            if left is not None:
+                n = self._fit_to_budget(wanted.n_images, left)
+                if n <= 0:
+                    continue
+                wanted = Proposal(wanted.concept, wanted.weights, wanted.mode, n)
+                left -= n
+            proposals.append(wanted)
+        return proposals
+
+    def _fit_to_budget(self, wanted: int, left: int) -> int:
+        """How many of ``wanted`` images to grant with ``left`` in the budget (0: none this round)."""
+        return min(wanted, left)
+
+    @abstractmethod
+    def _record(self, obs: Observation) -> None: ...
+
+    @abstractmethod
+    def _wanted(self, concept: str) -> Proposal | None: ...
+
+    @abstractmethod
+    def status(self, concept: str) -> ConceptStatus: ...

@@ -1,0 +1,331 @@
+"""The debias loop: controller proposals → closed-form edits → images → classifier → observations.
+
+One :class:`~mist_debias.core.targets.EditProblem` holds every concept of the run (one shared factor ``R``). Each
+*round* the controller proposes, per unfinished concept, attribute weights, a mode and a number of images:
+
+- ``absolute``: the edit is solved from the ORIGINAL weights ``W₀`` with each concept's current weights (the
+  proposal's, or the concept's last reported weights when it has no proposal this round);
+- ``increment`` (official MIST): the proposals are solved from the current compounded ``W = W₀ + L R`` with
+  zero weights for the other concepts, and the result is added to ``L``.
+
+The edit is applied, each proposal's concept prompt is generated on fresh seeds, classified, and reported back.
+The run folder (:class:`RunFolder`) is rewritten atomically after every round: a run killed at any moment and
+resumed replays the logged observations into a fresh controller (controllers are deterministic functions of
+their observations), rebuilds the compounded edit from the logged increments, and continues with the same
+seeds, so it ends with the same edit as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from mist_debias import __version__
+from mist_debias.core.atomic import write_text_atomic
+from mist_debias.core.edit import Edit, fingerprint
+from mist_debias.core.errors import MistError
+from mist_debias.core.generate import GenerationConfig, UNetEvaluationCounter, generate_images
+from mist_debias.core.layers import Projection, find_cross_attention_projections
+from mist_debias.core.solve import LowRankUpdate
+from mist_debias.core.spec import AttributeSpec
+from mist_debias.core.targets import ConceptPrompts, EditProblem
+from mist_debias.loop.control import CONTROLLERS, ConceptStatus, ConceptTarget, Controller, Proposal
+from mist_debias.measure.classifiers.base import CellClassifier
+from mist_debias.measure.metrics import Distribution
+
+SEEDS_PER_CONCEPT = 10_000_000
+VALIDATION_SEED_OFFSET = 5_000_000
+
+
+class RunError(MistError):
+    """A run folder that cannot be used (not a run, or made for another model or spec)."""
+
+
+@dataclass(frozen=True)
+class DebiasConcept:
+    """One concept of a run: its name, attribute spec, and the edit prompts (concept + one per cell).
+
+    The concept prompt is also what the loop generates to measure the concept.
+    """
+
+    name: str
+    spec: AttributeSpec
+    prompts: ConceptPrompts
+
+
+class RunFolder:
+    """The files of a run: ``config.json``, ``log.jsonl``, ``edit.safetensors``, ``summary.json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.json"
+        self.log = self.root / "log.jsonl"
+        self.edit = self.root / "edit.safetensors"
+        self.summary = self.root / "summary.json"
+
+    def is_run(self) -> bool:
+        return self.config.is_file()
+
+    def read_config(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise RunError(f"{self.root} is not a run folder (no readable config.json)") from None
+
+    def read_log(self) -> list[dict[str, Any]]:
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def write_log(self, entries: Sequence[dict[str, Any]]) -> None:
+        write_text_atomic(self.log, "".join(json.dumps(entry) + "\n" for entry in entries))
+
+
+def build_controller(name: str, concepts: Sequence[DebiasConcept], tolerance: float, budget: int | None, options):
+    """A controller of ``name`` for the run's concepts; bad options raise :class:`MistError`."""
+    targets = [ConceptTarget(c.name, tuple(c.spec.target), tolerance) for c in concepts]
+    try:
+        return CONTROLLERS[name](targets, budget=budget, **dict(options))
+    except (TypeError, ValueError) as error:
+        raise MistError(f"controller {name!r}: {error}") from None
+
+
+class DebiasRun:
+    """Drives one controller over the concepts of a run and keeps the run folder up to date."""
+
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        concepts: Sequence[DebiasConcept],
+        controller: Controller,
+        classifier: CellClassifier,
+        generation: GenerationConfig,
+        problem: EditProblem,
+        folder: RunFolder,
+        seed: int = 0,
+        edit_info: dict[str, Any] | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.concepts = {c.name: c for c in concepts}
+        self.order = [c.name for c in concepts]
+        self.controller = controller
+        self.classifier = classifier
+        self.generation = generation
+        self.problem = problem
+        self.folder = folder
+        self.seed = seed
+        self.edit_info = edit_info or {}
+        self.projections: list[Projection] = find_cross_attention_projections(pipe.unet)
+        self.original = {p.name: p.module.weight.detach().to(torch.float64) for p in self.projections}
+        self.base_fingerprint = fingerprint(self.projections)
+        self.log: list[dict[str, Any]] = []
+        self.compounded: LowRankUpdate | None = None
+        self.counter = UNetEvaluationCounter(pipe.unet)
+        self.unet_evaluations = 0
+        self.wall_time = 0.0
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def _images_of(self, concept: str) -> int:
+        return sum(entry["n_images"] for entry in self.log if entry["concept"] == concept)
+
+    def _seeds(self, concept: str, count: int, offset: int = 0) -> list[int]:
+        start = self.seed + self.order.index(concept) * SEEDS_PER_CONCEPT + offset + self._images_of(concept)
+        return list(range(start, start + count))
+
+    def _weights(self, proposals: dict[str, Proposal]) -> list[list[float]]:
+        """Per-concept weights of this round's edit (absolute mode)."""
+        weights = []
+        for name in self.order:
+            if name in proposals:
+                weights.append([float(w) for w in proposals[name].weights])
+            elif self.controller.concept_images(name):
+                weights.append([float(w) for w in self.controller.status(name).weights])
+            else:
+                weights.append([0.0] * self.concepts[name].spec.num_cells)
+        return weights
+
+    def _round_update(self, proposals: dict[str, Proposal]) -> LowRankUpdate:
+        """The update ``W − W₀ = L R`` under which this round's images are generated."""
+        modes = {p.mode for p in proposals.values()}
+        if modes == {"absolute"}:
+            return self.problem.solve(self.original, self._weights(proposals))
+        increments = [
+            [float(w) for w in proposals[name].weights] if name in proposals else [0.0] * c.spec.num_cells
+            for name, c in self.concepts.items()
+        ]
+        current = self.original
+        if self.compounded is not None:
+            current = {name: w + self.compounded.delta(name) for name, w in self.original.items()}
+        step = self.problem.solve(current, increments)
+        return step if self.compounded is None else self.compounded + step
+
+    def _edit(self, update: LowRankUpdate) -> Edit:
+        return Edit(update.right, dict(update.left), self.base_fingerprint, self.edit_info)
+
+    # --------------------------------------------------------------------------------------- resume
+
+    def resume(self, entries: Sequence[dict[str, Any]]) -> None:
+        """Replay logged rounds: observations into the controller, increments into the compounded edit."""
+        rounds: dict[int, list[dict[str, Any]]] = {}
+        for entry in entries:
+            rounds.setdefault(entry["round"], []).append(entry)
+        for round_entries in rounds.values():
+            proposals = {
+                e["concept"]: Proposal(e["concept"], np.asarray(e["weights"]), e["mode"], e["n_images"])
+                for e in round_entries
+            }
+            if {p.mode for p in proposals.values()} == {"increment"}:
+                self.compounded = self._round_update(proposals)
+            for entry in round_entries:
+                self.controller.observe(entry["concept"], entry["weights"], entry["counts"], entry["n_invalid"])
+                self.log.append(entry)
+        if self.log:
+            self.unet_evaluations = self.log[-1]["unet_evaluations"]
+            self.wall_time = self.log[-1]["wall_time_s"]
+
+    # ----------------------------------------------------------------------------------------- loop
+
+    def _measure(self, concept: str, seeds: list[int]) -> tuple[np.ndarray, int]:
+        prompt = self.concepts[concept].prompts.prompt
+        images = generate_images(self.pipe, [prompt] * len(seeds), seeds, self.generation)
+        predictions = self.classifier.classify(images, self.concepts[concept].spec)
+        return predictions.counts(), int((~predictions.valid).sum())
+
+    def run(self, on_round: Callable[[DebiasRun], None] | None = None) -> None:
+        """Run rounds until the controller has nothing left to propose (then call :meth:`finish`)."""
+        round_index = 1 + max((entry["round"] for entry in self.log), default=-1)
+        while proposals := self.controller.propose():
+            start = time.perf_counter()
+            by_concept = {p.concept: p for p in proposals}
+            update = self._round_update(by_concept)
+            entries = []
+            with self._edit(update).applied(self.pipe):
+                for proposal in proposals:
+                    self.counter.count = 0
+                    seeds = self._seeds(proposal.concept, proposal.n_images)
+                    counts, n_invalid = self._measure(proposal.concept, seeds)
+                    self.unet_evaluations += self.counter.count
+                    entries.append((proposal, seeds, counts, n_invalid))
+            if {p.mode for p in proposals} == {"increment"}:
+                self.compounded = update
+            self.wall_time += time.perf_counter() - start
+            for proposal, seeds, counts, n_invalid in entries:
+                self.controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
+                self.log.append(self._entry(round_index, proposal, seeds, counts, n_invalid))
+            self.folder.write_log(self.log)
+            round_index += 1
+            if on_round:
+                on_round(self)
+
+    def _entry(self, round_index: int, proposal: Proposal, seeds, counts, n_invalid: int) -> dict[str, Any]:
+        spec = self.concepts[proposal.concept].spec
+        batch = Distribution.from_counts(counts, spec.target, n_invalid=n_invalid)
+        return {
+            "round": round_index,
+            "iteration": sum(1 for e in self.log if e["concept"] == proposal.concept),
+            "concept": proposal.concept,
+            "mode": proposal.mode,
+            "weights": [float(w) for w in proposal.weights],
+            "counts": [int(c) for c in counts],
+            "n_invalid": int(n_invalid),
+            "n_images": int(proposal.n_images),
+            "seeds": [seeds[0], seeds[-1]],
+            "ratios": list(batch.ratios),
+            "lower": list(batch.lower),
+            "upper": list(batch.upper),
+            "images_total": self.controller.images_used,
+            "unet_evaluations": self.unet_evaluations,
+            "wall_time_s": round(self.wall_time, 3),
+        }
+
+    # --------------------------------------------------------------------------------------- finish
+
+    def final_update(self) -> LowRankUpdate:
+        """The run's result: compounded increments, or every concept's reported weights from ``W₀``."""
+        if self.controller.mode == "increment" and self.compounded is not None:
+            return self.compounded
+        weights = [[float(w) for w in self.controller.status(name).weights] for name in self.order]
+        return self.problem.solve(self.original, weights)
+
+    def final_edit(self) -> Edit:
+        info = dict(self.edit_info)
+        info["concepts"] = [
+            {
+                "name": name,
+                "prompt": self.concepts[name].prompts.prompt,
+                "attributes": list(self.concepts[name].prompts.attributes),
+                "weights": [float(w) for w in self.controller.status(name).weights],
+                "spec": self.concepts[name].spec.to_dict(),
+            }
+            for name in self.order
+        ]
+        info["controller"] = self.controller.to_dict()
+        update = self.final_update()
+        return Edit(update.right, dict(update.left), self.base_fingerprint, info)
+
+    def validate(self, n: int) -> dict[str, Distribution]:
+        """Distributions of every concept under the final edit on ``n`` fresh seeds (never used by the loop)."""
+        results = {}
+        with self.final_edit().applied(self.pipe):
+            for name in self.order:
+                counts, n_invalid = self._measure(name, self._seeds(name, n, offset=VALIDATION_SEED_OFFSET))
+                results[name] = Distribution.from_counts(counts, self.concepts[name].spec.target, n_invalid=n_invalid)
+        return results
+
+    def summary(self, validation: dict[str, Distribution] | None = None) -> dict[str, Any]:
+        concepts = []
+        for name in self.order:
+            status: ConceptStatus = self.controller.status(name)
+            spec = self.concepts[name].spec
+            first = next((e for e in self.log if e["concept"] == name), None)
+            before = None
+            if first is not None and not any(first["weights"]):
+                before = Distribution.from_counts(first["counts"], spec.target, n_invalid=first["n_invalid"])
+            record = {
+                "name": name,
+                "prompt": self.concepts[name].prompts.prompt,
+                "cells": spec.phrases,
+                "target": list(spec.target),
+                "before": None if before is None else before.to_dict(),
+                "after": None if status.pooled is None else status.pooled.to_dict(),
+                "converged": status.converged,
+                "reason": status.reason,
+                "images_used": status.images_used,
+                "iterations": status.iterations,
+                "weights": [float(w) for w in status.weights],
+                "status": status.to_dict(),
+            }
+            if validation:
+                record["after_fresh_seeds"] = validation[name].to_dict()
+            if spec.axes:
+                record["axes"] = [{"name": axis.name, "values": list(axis.values)} for axis in spec.axes]
+            concepts.append(record)
+        return {
+            "concepts": concepts,
+            "images_total": self.controller.images_used,
+            "unet_evaluations": self.unet_evaluations,
+            "wall_time_s": round(self.wall_time, 3),
+            "preserved_concepts": list(self.problem.preserve_prompts),
+            "controller": self.controller.to_dict(),
+            "library_version": __version__,
+        }
+
+    def finish(self, validate: int = 0) -> dict[str, Any]:
+        """Write the final edit and the summary; return the summary."""
+        edit = self.final_edit()
+        edit.save(self.folder.edit, force=True)
+        summary = self.summary(self.validate(validate) if validate > 0 else None)
+        write_text_atomic(self.folder.summary, json.dumps(summary, indent=2))
+        return summary
+
+    def close(self) -> None:
+        self.counter.close()

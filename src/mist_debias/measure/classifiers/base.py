@@ -1,0 +1,41 @@
+"""The classifier protocol: images → per-cell probabilities, with undecodable images kept apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from mist_debias.core.spec import AttributeSpec
+
+
+@dataclass(frozen=True)
+class CellPredictions:
+    """Per-image cell probabilities ``probs`` (n × K, rows sum to 1 where ``valid``).
+
+    ``valid[i]`` is False when image i could not be classified at all (e.g. the oracle could not decode it);
+    such rows are zeros and are counted and reported, never guessed.
+    """
+
+    probs: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Arg-max cell per image, −1 where invalid."""
+        labels = self.probs.argmax(axis=1)
+        return np.where(self.valid, labels, -1)
+
+    def counts(self) -> np.ndarray:
+        """Hard counts per cell over the valid images (length K)."""
+        num_cells = self.probs.shape[1]
+        return np.bincount(self.labels[self.valid], minlength=num_cells)
+
+
+@runtime_checkable
+class CellClassifier(Protocol):
+    """Anything that assigns images to the cells of an :class:`AttributeSpec`."""
+
+    def classify(self, images: list[Image.Image], spec: AttributeSpec) -> CellPredictions: ...

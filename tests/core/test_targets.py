@@ -1,0 +1,127 @@
+"""Keys and targets of MIST, UCE and TIME on a real-format pipeline, checked against their formulas."""
+
+import pytest
+import torch
+
+from mist_debias.core.errors import MistError, PromptError
+from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.solve import EditHyperparameters
+from mist_debias.core.targets import ConceptPrompts, EditProblem
+from mist_debias.core.text import PromptEncoder
+
+GENDER = ("a photo of a man", "a photo of a woman")
+
+
+def current_weights(pipe):
+    return {p.name: p.module.weight.detach() for p in find_cross_attention_projections(pipe.unet)}
+
+
+def eos_state(encoder, prompt):
+    tokens = encoder.tokenize(prompt)
+    return encoder.encode([prompt])[0, tokens.eos_index].to(torch.float64)
+
+
+def test_mist_paper_target_formula(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", GENDER)])
+    w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
+    c = eos_state(encoder, "a photo of a doctor")
+    g = [eos_state(encoder, prompt) for prompt in GENDER]
+    weights = [0.3, -0.7]
+    expected = w @ c + sum(wj * (w @ c).norm() * (w @ gj) / (w @ gj).norm() for wj, gj in zip(weights, g, strict=True))
+    torch.testing.assert_close(problem.targets(w, [weights])[:, 0], expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(problem.edit_keys[:, 0], c, rtol=1e-6, atol=1e-6)
+
+
+def test_mist_running_norm_form_differs_and_matches_its_formula(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    concept = [ConceptPrompts("a photo of a doctor", GENDER)]
+    running = EditProblem(encoder, concept, mist_form="running")
+    w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
+    c = eos_state(encoder, "a photo of a doctor")
+    v = w @ c
+    for wj, prompt in zip([0.5, 0.5], GENDER, strict=True):
+        u = w @ eos_state(encoder, prompt)
+        v = v + wj * v.norm() * u / u.norm()
+    torch.testing.assert_close(running.targets(w, [[0.5, 0.5]])[:, 0], v, rtol=1e-6, atol=1e-6)
+    paper = EditProblem(encoder, concept).targets(w, [[0.5, 0.5]])[:, 0]
+    assert (paper - v).norm() > 1e-3
+
+
+def test_rank_equals_number_of_concepts_and_zero_weights_give_zero(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    cells = ("a photo of a man", "a photo of a woman", "a photo of an old person")
+    professions = ("a photo of a doctor", "a photo of a nurse", "a photo of a CEO")
+    problem = EditProblem(encoder, [ConceptPrompts(p, cells) for p in professions])
+    weights = current_weights(sd1_pipe)
+    update = problem.solve(weights, [[0.4, -0.1, 0.0], [-0.3, 0.6, 0.1], [0.2, 0.2, -0.5]])
+    for name in weights:
+        assert torch.linalg.matrix_rank(update.delta(name)).item() == 3
+    # with shared attribute prompts every L column lies in span{W g_j}: rank ≤ min(#concepts, #attributes)
+    two_cells = EditProblem(encoder, [ConceptPrompts(p, GENDER) for p in professions])
+    shared = two_cells.solve(weights, [[0.4, -0.1], [-0.3, 0.6], [0.2, 0.2]])
+    assert all(torch.linalg.matrix_rank(shared.delta(name)).item() == 2 for name in weights)
+    zero = problem.solve(weights, [[0.0, 0.0, 0.0]] * 3)
+    assert all(torch.count_nonzero(left) == 0 for left in zero.left.values())
+
+
+def test_uce_keys_last_word_and_additive_targets(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", GENDER)], method="uce")
+    assert problem.keys == "last-word"
+    state = encoder.encode(["a photo of a doctor"])[0, 5].to(torch.float64)
+    torch.testing.assert_close(problem.edit_keys[:, 0], state, rtol=1e-6, atol=1e-6)
+    w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
+    g = [encoder.encode([p])[0, 5].to(torch.float64) for p in GENDER]
+    expected = w @ state + 0.2 * (w @ g[0]) + 0.5 * (w @ g[1])
+    torch.testing.assert_close(problem.targets(w, [[0.2, 0.5]])[:, 0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_time_aligns_source_and_destination_tokens(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    problem = EditProblem(
+        encoder, [ConceptPrompts("a photo of a doctor", ("a photo of a female doctor",))], method="time"
+    )
+    # all 7 source positions (start … EOS) are keys; the prefix maps onto itself, "doctor" and EOS shift by one
+    assert problem.rank_bound == 7
+    w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
+    destination = encoder.encode(["a photo of a female doctor"])[0].to(torch.float64)
+    targets = problem.targets(w, [[1.0]])
+    torch.testing.assert_close(targets[:, 3], w @ destination[3], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(targets[:, 5], w @ destination[6], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(targets[:, 6], w @ destination[7], rtol=1e-6, atol=1e-6)
+    assert problem.hparams.lam == 0.5  # λ is the caller's choice; the CLI uses 0.1 for TIME
+
+
+def test_eos_pad_keys_are_aligned_by_offset_and_rank_bounded(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", GENDER)], keys="eos+pad")
+    # EOS at 6 for every prompt: offsets 0..70 → 71 keys
+    assert problem.rank_bound == 71
+    full = encoder.encode(["a photo of a doctor"])[0].to(torch.float64)
+    torch.testing.assert_close(problem.edit_keys, full[6:].T, rtol=1e-5, atol=1e-5)
+    update = problem.solve(current_weights(sd1_pipe), [[0.5, 0.5]])
+    assert update.right.shape == (71, 32)
+
+
+def test_preserve_keys_are_all_positions_of_preserve_prompts(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    problem = EditProblem(encoder, [ConceptPrompts("a doctor", GENDER)], preserve_prompts=("", "a teacher"))
+    assert problem.preserve_keys.shape == (32, 2 * 77)
+    none = EditProblem(encoder, [ConceptPrompts("a doctor", GENDER)], preserve_prompts=())
+    assert none.preserve_keys is None
+
+
+def test_bad_concepts_and_weights(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    with pytest.raises(PromptError, match="empty"):
+        ConceptPrompts("  ", GENDER)
+    with pytest.raises(PromptError, match="too long"):
+        EditProblem(encoder, [ConceptPrompts("doctor " * 80, GENDER)])
+    problem = EditProblem(encoder, [ConceptPrompts("a doctor", GENDER)], hparams=EditHyperparameters())
+    with pytest.raises(MistError, match="2 attributes but 3 weights"):
+        problem.solve(current_weights(sd1_pipe), [[0.1, 0.2, 0.3]])
+    with pytest.raises(MistError, match="finite"):
+        problem.solve(current_weights(sd1_pipe), [[float("inf"), 0.0]])
+    with pytest.raises(MistError, match="unknown method"):
+        EditProblem(encoder, [ConceptPrompts("a doctor", GENDER)], method="nope")

@@ -1,0 +1,42 @@
+import numpy as np
+from scipy import special
+
+from mist_debias.loop.control import ConceptTarget, OfficialController
+from mist_debias.loop.control.simulate import SoftmaxPlant, simulate
+
+
+def test_plant_ratios_follow_the_softmax_map():
+    plant = SoftmaxPlant.from_ratios([0.5, 0.3, 0.2], scale=2.0, cross=0.4, seed=3)
+    np.testing.assert_allclose(plant.ratios(np.zeros(3)), [0.5, 0.3, 0.2])
+    w = np.array([0.3, -0.1, -0.2])
+    np.testing.assert_allclose(plant.ratios(w), special.softmax(np.log([0.5, 0.3, 0.2]) + plant.gain @ w))
+    saturated = SoftmaxPlant(plant.offsets, plant.gain, saturation=0.1)
+    np.testing.assert_allclose(
+        saturated.ratios(w), special.softmax(plant.offsets + plant.gain @ (0.1 * np.tanh(w / 0.1)))
+    )
+
+
+def test_sampling_is_seeded_and_counts_invalid_images():
+    plant = SoftmaxPlant.from_ratios([0.6, 0.4], scale=1.0, invalid_rate=0.1)
+    first = plant.sample(np.zeros(2), 1000, np.random.default_rng(5))
+    second = plant.sample(np.zeros(2), 1000, np.random.default_rng(5))
+    assert first[0].tolist() == second[0].tolist() and first[1] == second[1]
+    assert first[0].sum() + first[1] == 1000 and 50 < first[1] < 150
+
+
+def test_increments_accumulate():
+    plant = SoftmaxPlant.from_ratios([0.8, 0.2], scale=5.0)
+    controller = OfficialController([ConceptTarget("c", (0.5, 0.5))], max_iterations=3)
+    result = simulate(controller, {"c": plant}, seed=0)
+    increments = [np.asarray(obs.weights) for obs in controller.observations]
+    np.testing.assert_allclose(result.final_weights["c"], np.sum(increments, axis=0))
+    assert result.rounds == 3
+
+
+def test_no_image_decodes_beyond_the_decodable_limit():
+    plant = SoftmaxPlant.from_ratios([0.6, 0.4], scale=1.0, decodable_limit=2.0)
+    rng = np.random.default_rng(0)
+    counts, n_invalid = plant.sample([2.5, -2.5], 64, rng)
+    assert counts.tolist() == [0, 0] and n_invalid == 64
+    counts, n_invalid = plant.sample([2.0, -2.0], 64, rng)
+    assert counts.sum() == 64 and n_invalid == 0

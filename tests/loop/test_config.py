@@ -1,0 +1,296 @@
+import json
+
+import pytest
+
+from mist_debias.core.errors import MistError
+from mist_debias.core.prompts import PROFESSIONS
+from mist_debias.loop.config import (
+    AttributesConfig,
+    ConceptConfig,
+    ConfigError,
+    RunConfig,
+    load_config,
+    save_config,
+)
+
+YAML = """
+model: CompVis/stable-diffusion-v1-4
+seed: 3
+tolerance: 0.04
+budget: 20000
+attributes:
+  axes: {gender: [man, woman], race: [White, Black, Asian, Indian], age: [young, old]}
+  target: uniform
+concepts:
+  - doctor
+  - name: nurse
+    attributes: {cells: [man, woman], target: [0.3, 0.7]}
+  - name: CEO
+    prompt: a headshot of a CEO
+    attributes:
+      axes: ["gender=man,woman", "age=young,old"]
+      target: {gender: [0.5, 0.5], age: ["1/4", 0.75]}
+      phrases: {"woman,old": elderly woman}
+controller: {name: official, step: 0.1, images_per_iteration: 20}
+classifier: {drive: /models/clip, evaluate: openai/clip-vit-large-patch14, mode: per-axis}
+generation: {steps: 25, guidance: 7.0, negative_prompt: blurry, height: 512, width: 512, batch_size: 4}
+edit: {method: mist, keys: eos+pad, lam: 0.5, edit_scale: 1.0, preserve_scale: 0.2, preserve: paper}
+"""
+
+TOML = """
+model = "CompVis/stable-diffusion-v1-4"
+seed = 3
+tolerance = 0.04
+budget = 20000
+
+[attributes]
+target = "uniform"
+[attributes.axes]
+gender = ["man", "woman"]
+race = ["White", "Black", "Asian", "Indian"]
+age = ["young", "old"]
+
+[[concepts]]
+name = "doctor"
+
+[[concepts]]
+name = "nurse"
+attributes = { cells = ["man", "woman"], target = [0.3, 0.7] }
+
+[[concepts]]
+name = "CEO"
+prompt = "a headshot of a CEO"
+[concepts.attributes]
+axes = ["gender=man,woman", "age=young,old"]
+target = { gender = [0.5, 0.5], age = ["1/4", 0.75] }
+phrases = { "woman,old" = "elderly woman" }
+
+[controller]
+name = "official"
+step = 0.1
+images_per_iteration = 20
+
+[classifier]
+drive = "/models/clip"
+evaluate = "openai/clip-vit-large-patch14"
+mode = "per-axis"
+
+[generation]
+steps = 25
+guidance = 7.0
+negative_prompt = "blurry"
+height = 512
+width = 512
+batch_size = 4
+
+[edit]
+method = "mist"
+keys = "eos+pad"
+lam = 0.5
+edit_scale = 1.0
+preserve_scale = 0.2
+preserve = "paper"
+"""
+
+
+@pytest.fixture
+def yaml_config(tmp_path) -> RunConfig:
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML)
+    return load_config(path)
+
+
+def test_yaml_fields(yaml_config):
+    config = yaml_config
+    assert config.model == "CompVis/stable-diffusion-v1-4"
+    assert (config.seed, config.tolerance, config.budget) == (3, 0.04, 20000)
+    assert [c.name for c in config.concepts] == ["doctor", "nurse", "CEO"]
+    assert config.controller.name == "official"
+    assert config.controller.options == {"step": 0.1, "images_per_iteration": 20}
+    assert config.classifier.drive == "/models/clip" and config.classifier.mode == "per-axis"
+    assert config.generation.steps == 25 and config.generation.negative_prompt == "blurry"
+    assert config.generation.guidance == 7.0 and isinstance(config.generation.guidance, float)
+    assert config.edit.keys == "eos+pad" and config.edit.preserve == "paper"
+
+
+def test_per_concept_specs(yaml_config):
+    doctor, nurse, ceo = (yaml_config.spec(c) for c in yaml_config.concepts)
+    assert doctor.num_cells == 16 and doctor.target == tuple([1 / 16] * 16)
+    assert nurse.phrases == ["man", "woman"] and nurse.target == (0.3, 0.7)
+    assert ceo.phrases == ["young man", "old man", "young woman", "elderly woman"]
+    assert ceo.target == pytest.approx((0.125, 0.375, 0.125, 0.375))
+
+
+def test_toml_equals_yaml(tmp_path, yaml_config):
+    path = tmp_path / "run.toml"
+    path.write_text(TOML)
+    assert load_config(path) == yaml_config
+
+
+def test_round_trip_json(tmp_path, yaml_config):
+    for config in (yaml_config, RunConfig()):
+        assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    path = tmp_path / "run" / "config.json"
+    save_config(yaml_config, path)
+    assert load_config(path) == yaml_config
+    assert [p.name for p in path.parent.iterdir()] == ["config.json"]
+
+
+def test_defaults():
+    config = RunConfig()
+    assert config.model is None and config.concepts == ()
+    assert config.tolerance == 0.05 and config.budget is None and config.seed == 0
+    assert config.controller.name == "adaptive"
+    assert config.edit.hyperparameters().lam == 0.5
+    assert config.edit.resolved_keys == "eos"
+    time = RunConfig.from_dict({"edit": {"method": "time"}})
+    assert time.edit.hyperparameters().lam == 0.1 and time.edit.resolved_keys == "all"
+    generation = RunConfig().generation.generation_config()
+    assert (generation.steps, generation.guidance, generation.batch_size, generation.eta) == (20, 7.5, 16, 0.0)
+    assert RunConfig.from_dict({"generation": {"eta": 0.5}}).generation.generation_config().eta == 0.5
+
+
+def test_edit_prompts_and_preserve(yaml_config):
+    prompts = yaml_config.concept_prompts()
+    assert prompts[0].prompt == "a photo of a doctor"
+    assert prompts[0].attributes[0] == "a photo of a young White man"
+    assert prompts[1].attributes == ("a photo of a man", "a photo of a woman")
+    assert prompts[2].prompt == "a headshot of a CEO"
+    assert yaml_config.preserve_prompts() == [""]
+    default = yaml_config.with_overrides({"edit.preserve": "default", "edit.preserve_prompts": ["a red car"]})
+    preserved = default.preserve_prompts()
+    assert preserved[0] == "" and preserved[-1] == "a red car"
+    assert "a photo of a doctor" not in preserved and "a photo of a teacher" in preserved
+    assert len(preserved) == 1 + (len(PROFESSIONS) - 3) + 1
+
+
+def test_cli_overrides(yaml_config):
+    attributes = AttributesConfig.from_cli(axes=["gender=man,woman"], targets=["0.4,0.6"])
+    merged = yaml_config.with_overrides(
+        {
+            "tolerance": 0.02,
+            "budget": None,
+            "classifier.drive": "/other/clip",
+            "generation.steps": 50,
+            "controller.name": "adaptive",
+            "concepts": ["nurse", "chef"],
+            "attributes": attributes,
+        }
+    )
+    assert merged.tolerance == 0.02 and merged.budget == 20000
+    assert merged.classifier.drive == "/other/clip" and merged.generation.steps == 50
+    assert [c.name for c in merged.concepts] == ["nurse", "chef"]
+    assert merged.concepts[0] == yaml_config.concepts[1]  # keeps its own attributes
+    assert merged.spec(merged.concepts[1]).target == (0.4, 0.6)
+    assert yaml_config.differences(merged) == [
+        "attributes.axes.age",  # the gender axis is the same in both
+        "attributes.axes.race",
+        "attributes.target",
+        "classifier.drive",
+        "concepts",
+        "controller.name",
+        "generation.steps",
+        "tolerance",
+    ]
+    assert yaml_config.differences(merged, ignore=["attributes", "concepts", "controller", "generation"]) == [
+        "classifier.drive",
+        "tolerance",
+    ]
+    assert yaml_config.differences(yaml_config) == []
+
+
+def test_check_complete():
+    with pytest.raises(ConfigError, match="no concepts"):
+        RunConfig().check_complete()
+    config = RunConfig(concepts=(ConceptConfig("doctor"),))
+    with pytest.raises(ConfigError, match="concept 'doctor' has no attributes"):
+        config.check_complete()
+    config.with_overrides({"attributes": AttributesConfig.from_cli(cells=["man", "woman"])}).check_complete()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"tolerance": 0.5}, r"tolerance must be in \(0, 0.5\), got 0.5"),
+        ({"tolerance": 0}, r"tolerance must be in \(0, 0.5\)"),
+        ({"tolerance": "small"}, "tolerance: expected a number"),
+        ({"budget": 0}, "budget must be > 0"),
+        ({"budget": 10.5}, "budget: expected an integer"),
+        ({"seed": -1}, "seed must be ≥ 0"),
+        ({"seed": True}, "seed: expected an integer"),
+        ({"modle": "x"}, "unknown key\\(s\\) modle in the config"),
+        ({"generation": {"stepz": 3}}, "unknown key\\(s\\) stepz in generation"),
+        ({"generation": {"steps": 0}}, "generation.steps must be positive"),
+        ({"generation": {"height": 500}}, "multiple of 8"),
+        ({"generation": {"dtype": "float8"}}, "unknown generation.dtype"),
+        ({"generation": {"guidance": -1}}, "guidance must be a finite number"),
+        ({"generation": {"eta": -0.5}}, "generation.eta must be a finite number ≥ 0"),
+        ({"controller": "pid"}, "unknown controller 'pid'"),
+        ({"classifier": {"mode": "both"}}, "unknown classifier mode"),
+        ({"classifier": {"templates": ["a photo"]}}, "has no {phrase}"),
+        ({"edit": {"keys": "first"}}, "unknown edit.keys"),
+        ({"edit": {"method": "sdedit"}}, "unknown edit.method"),
+        ({"edit": {"preserve": "all"}}, "unknown edit.preserve"),
+        ({"edit": {"lam": 0}}, "edit.lam must be > 0"),
+        ({"edit": {"preserve_scale": -0.1}}, "preserve_scale must be ≥ 0"),
+        ({"prompt_template": "a photo"}, "has no {concept}"),
+        ({"concepts": "doctor"}, "expected a list"),
+        ({"concepts": ["doctor", "Doctor"]}, "listed twice: doctor"),
+        ({"concepts": [{"prompt": "x"}]}, "concepts\\[0\\]: missing 'name'"),
+        ({"concepts": [{"name": "x", "seed": 1}]}, "unknown key\\(s\\) seed in concepts\\[0\\]"),
+        ({"attributes": {"axes": {"gender": ["man"]}}}, "needs at least 2 values"),
+        ({"attributes": {"axes": ["gender"]}}, "cannot parse axis 'gender'"),
+        ({"attributes": {"cells": ["man", "man"]}}, "attributes: duplicate cell"),
+        ({"attributes": {"cells": ["a", "b"], "target": [0.5, 0.6]}}, "attributes: target must sum to 1"),
+        ({"attributes": {"cells": ["a", "b"], "target": [1.0]}}, "1 values for 2 cells"),
+        ({"attributes": {"cells": ["a", "b"], "target": [True, 0]}}, "is not a probability"),
+        ({"attributes": {"cells": ["a", "b"], "target": {"g": [1, 0]}}}, "need axes"),
+        ({"attributes": {"axes": {"g": ["a", "b"]}, "cells": ["a", "b"]}}, "exactly one of the two"),
+        (
+            {"concepts": [{"name": "x", "attributes": {"axes": {"g": ["a", "b"]}, "target": {"h": [1, 0]}}}]},
+            "concepts\\[0\\].attributes: marginal for unknown axis 'h'",
+        ),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_validation_messages(data, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        RunConfig.from_dict(data)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, MistError) and isinstance(info.value, ValueError)
+
+
+def test_override_errors(yaml_config):
+    with pytest.raises(ConfigError, match=r"unknown config key 'generation\.stepz'"):
+        yaml_config.with_overrides({"generation.stepz": 3})
+    with pytest.raises(ConfigError, match="tolerance must be in"):
+        yaml_config.with_overrides({"tolerance": 0.7})
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("run.yaml", "tolerance: [1\n", "is not valid YAML"),
+        ("run.toml", "tolerance = \n", "is not valid TOML"),
+        ("run.json", "{", "is not valid JSON"),
+        ("run.ini", "", "unsupported config extension"),
+        ("run.yaml", "budget: -5\n", "run.yaml: budget must be > 0"),
+    ],
+)
+def test_file_errors(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_empty_yaml_is_defaults(tmp_path):
+    path = tmp_path / "empty.yml"
+    path.write_text("")
+    assert load_config(path) == RunConfig()

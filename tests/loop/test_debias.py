@@ -1,0 +1,200 @@
+"""The debias loop on a real-format pipeline: rounds, log, summary, compounding, and kill-and-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mist_debias.app.cli import main
+from mist_debias.core.edit import Edit
+from mist_debias.core.errors import ModelLoadError
+from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.pipeline import load_pipeline
+from mist_debias.loop.config import AttributesConfig, RunConfig
+from mist_debias.loop.runner import prepare_run
+
+CELLS = ["--cell", "man", "--cell", "woman"]
+
+
+def config(sd1_dir, classifier, controller="adaptive", budget=128, **options):
+    return RunConfig().with_overrides(
+        {
+            "model": str(sd1_dir),
+            "concepts": ["doctor", "nurse"],
+            "attributes": AttributesConfig.from_cli((), ("man", "woman"), ()),
+            "classifier.drive": str(classifier),
+            "controller.name": controller,
+            "budget": budget,
+            "generation.steps": 2,
+            "generation.batch_size": 32,
+            **{f"controller.{k}": v for k, v in options.items()},
+        }
+    )
+
+
+def test_adaptive_run_writes_log_summary_and_a_loadable_edit(sd1_dir, tiny_clip_dir, tmp_path):
+    run, replayed = prepare_run(config(sd1_dir, tiny_clip_dir), tmp_path / "run", device="cpu")
+    assert replayed == 0
+    run.run()
+    summary = run.finish(validate=16)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {entry["concept"] for entry in log} == {"doctor", "nurse"}
+    assert sum(entry["n_images"] for entry in log) == summary["images_total"] <= 128
+    assert log[0]["weights"] == [0.0, 0.0] and log[0]["seeds"][0] == 0
+    assert all(e["unet_evaluations"] > 0 and len(e["ratios"]) == 2 for e in log)
+    # each image: 2 steps × 2 (classifier-free guidance) UNet evaluations
+    assert log[-1]["unet_evaluations"] == 4 * summary["images_total"]
+    doctor = summary["concepts"][0]
+    assert doctor["cells"] == ["man", "woman"] and doctor["before"]["counts"] == log[0]["counts"]
+    assert sum(doctor["after_fresh_seeds"]["counts"]) + doctor["after_fresh_seeds"]["n_invalid"] == 16
+    assert "a photo of a teacher" in summary["preserved_concepts"]
+    assert "a photo of a doctor" not in summary["preserved_concepts"]
+    edit = Edit.load(tmp_path / "run" / "edit.safetensors")
+    assert [c["name"] for c in edit.info["concepts"]] == ["doctor", "nurse"]
+    assert edit.info["concepts"][0]["attributes"] == ["a photo of a man", "a photo of a woman"]
+    pipe = load_pipeline(sd1_dir, device="cpu")
+    edit.apply(pipe).revert()  # the fingerprint matches the original model
+
+
+def test_official_run_compounds_and_replays_exactly(sd1_dir, tiny_clip_dir, tmp_path):
+    settings = config(sd1_dir, tiny_clip_dir, controller="official", budget=4 * 32, n_images=32, step=0.5)
+    run, _ = prepare_run(settings, tmp_path / "run", device="cpu")
+    run.run()
+    run.finish()
+    assert all(entry["mode"] == "increment" for entry in run.log)
+    assert len({entry["round"] for entry in run.log}) == 2
+    edit = Edit.load(tmp_path / "run" / "edit.safetensors")
+    # the final edit is the sum of the per-round increments, each solved from the compounded weights
+    replayed, rounds = prepare_run(settings, tmp_path / "run", resume=True, device="cpu")
+    assert rounds == 2 and replayed.controller.propose() == []
+    for name in edit.layer_names:
+        torch.testing.assert_close(
+            replayed.compounded.delta(name).float(), edit.left[name] @ edit.right, rtol=1e-5, atol=1e-6
+        )
+    # the loop leaves the pipeline as it found it
+    fresh = {p.name: p.module.weight for p in find_cross_attention_projections(load_pipeline(sd1_dir).unet)}
+    assert all(torch.equal(p.module.weight, fresh[p.name]) for p in find_cross_attention_projections(run.pipe.unet))
+
+
+def test_generation_scheduler_replaces_the_sampler_and_keeps_the_noise_schedule(sd1_dir, tiny_clip_dir, tmp_path):
+    settings = config(sd1_dir, tiny_clip_dir).with_overrides({"generation.scheduler": "EulerDiscreteScheduler"})
+    run, _ = prepare_run(settings, tmp_path / "run", device="cpu")
+    original = load_pipeline(sd1_dir).scheduler
+    assert type(run.pipe.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert torch.equal(run.pipe.scheduler.alphas_cumprod, original.alphas_cumprod)
+    unknown = config(sd1_dir, tiny_clip_dir).with_overrides({"generation.scheduler": "NoSuchScheduler"})
+    with pytest.raises(ModelLoadError, match="unknown scheduler 'NoSuchScheduler'"):
+        prepare_run(unknown, tmp_path / "other", device="cpu")
+    assert not (tmp_path / "other").exists()
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+        raise SystemExit(0)
+    return info.value.code or 0, capsys.readouterr().err
+
+
+def test_bad_debias_inputs(sd1_dir, tiny_clip_dir, tmp_path, capsys):
+    base = ["debias", sd1_dir, "--concept", "doctor", "--classifier", tiny_clip_dir]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    cases = [
+        ([*base, "--axis", "gender", "--out", tmp_path / "a"], "cannot parse axis"),
+        ([*base, "--axis", "gender=man", "--out", tmp_path / "a"], "at least 2 values"),
+        ([*base, "--cell", "man", "--cell", "man", "--out", tmp_path / "a"], "duplicate cell"),
+        ([*base, *CELLS, "--target", "0.2,0.2", "--out", tmp_path / "a"], "sum to 1"),
+        ([*base, *CELLS, "--target", "0.2,0.3,0.5", "--out", tmp_path / "a"], "3 values for 2 cells"),
+        ([*base, *CELLS, "--tolerance", "0.5", "--out", tmp_path / "a"], "tolerance"),
+        ([*base, *CELLS, "--tolerance", "0", "--out", tmp_path / "a"], "tolerance"),
+        ([*base, *CELLS, "--budget", "0", "--out", tmp_path / "a"], "budget"),
+        ([*base, *CELLS, "--out", existing], "already exists"),
+        ([*base, *CELLS, "--out", existing, "--resume"], "not a run folder"),
+        (
+            ["debias", sd1_dir, "--concept", "doctor", *CELLS, "--classifier", sd1_dir, "--out", tmp_path / "a"],
+            "not a CLIP model",
+        ),
+    ]
+    for args, message in cases:
+        code, err = run_cli(capsys, *args)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], (args, err)
+        assert not (tmp_path / "a").exists()
+
+
+def test_resume_refuses_other_settings(sd1_dir, tiny_clip_dir, tmp_path, capsys):
+    prepare_run(config(sd1_dir, tiny_clip_dir, budget=64), tmp_path / "run", device="cpu")
+    code, err = run_cli(
+        capsys,
+        "debias",
+        sd1_dir,
+        "--concept",
+        "doctor",
+        *CELLS,
+        "--classifier",
+        tiny_clip_dir,
+        "--out",
+        tmp_path / "run",
+        "--resume",
+    )
+    assert code == 2 and "other settings" in err
+
+
+def cli_command(sd1_dir, clip_dir, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "mist_debias",
+        "debias",
+        str(sd1_dir),
+        "--concept",
+        "doctor",
+        "--concept",
+        "nurse",
+        *CELLS,
+        "--classifier",
+        str(clip_dir),
+        "--controller",
+        "official",
+        "--budget",
+        "384",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_killed_run_resumes_to_the_same_edit(sd1_dir, tiny_clip_dir, tmp_path):
+    config_file = tmp_path / "controller.yaml"
+    config_file.write_text("controller: {name: official, n_images: 32, step: 0.5, max_iterations: 3}\n")
+    extra = ("--config", str(config_file))
+    straight = subprocess.run(cli_command(sd1_dir, tiny_clip_dir, tmp_path / "straight", *extra), capture_output=True)
+    assert straight.returncode == 0, straight.stderr.decode()
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(cli_command(sd1_dir, tiny_clip_dir, killed_dir, *extra), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (killed_dir / "log.jsonl").exists():
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    logged = (killed_dir / "log.jsonl").read_text().splitlines()
+    assert len(logged) >= 1 and not (killed_dir / "edit.safetensors").exists()
+    resumed = subprocess.run(cli_command(sd1_dir, tiny_clip_dir, killed_dir, *extra, "--resume"), capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    a = Edit.load(tmp_path / "straight" / "edit.safetensors")
+    b = Edit.load(killed_dir / "edit.safetensors")
+    assert torch.equal(a.right, b.right)
+    assert all(torch.equal(a.left[name], b.left[name]) for name in a.left)
+
+    def logged(folder):
+        entries = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in entry.items() if k != "wall_time_s"} for entry in entries]
+
+    assert logged(tmp_path / "straight") == logged(killed_dir)
