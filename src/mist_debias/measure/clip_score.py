@@ -31,7 +31,7 @@ class CLIPScorer:
 
     @classmethod
     def load(cls, path_or_id: str, device: str | torch.device = "cpu") -> CLIPScorer:
-        """Load a CLIP model (hub id or folder); one-line :class:`~mist_debias.measure.classifiers.ClassifierError` if not."""
+        """Load a CLIP model (hub id or folder); a one-line :class:`ClassifierError` if it cannot."""
         return cls(CLIPCellClassifier.load(path_or_id, device=device, templates=RAW_PROMPT_TEMPLATE))
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> np.ndarray:
