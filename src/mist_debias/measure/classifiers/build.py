@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from mist_debias.core.spec import AttributeSpec
 from mist_debias.measure.classifiers.base import CellClassifier
@@ -62,6 +62,17 @@ class FaceGateSpec(_Strict):
     min_neighbors: int = Field(5, ge=0)
 
 
+class _GatedSpec(_Strict):
+    """A classifier spec with a ``face_gate``: ``true`` (the default settings), ``false`` (none) or the settings."""
+
+    @field_validator("face_gate", mode="before", check_fields=False)
+    @classmethod
+    def _gate_switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+
 class HFModelSpec(_Strict):
     """One image-classification model and the mapping of its labels: ``labels[axis][label] = value``."""
 
@@ -70,7 +81,7 @@ class HFModelSpec(_Strict):
     ignore: tuple[str, ...] = ()
 
 
-class HFClassifierSpec(_Strict):
+class HFClassifierSpec(_GatedSpec):
     """``type: hf``: ``model`` + ``labels`` (+ ``ignore``) for one model, or ``models`` for several."""
 
     type: Literal["hf"]
@@ -79,7 +90,7 @@ class HFClassifierSpec(_Strict):
     ignore: tuple[str, ...] = ()
     models: tuple[HFModelSpec, ...] = ()
     batch_size: PositiveInt = 32
-    face_gate: bool | FaceGateSpec = True
+    face_gate: FaceGateSpec | None = FaceGateSpec()
 
     @model_validator(mode="after")
     def _one_form(self) -> HFClassifierSpec:
@@ -112,7 +123,7 @@ class HFClassifierSpec(_Strict):
         return tuple(merged.values())
 
 
-class CLIPClassifierSpec(_Strict):
+class CLIPClassifierSpec(_GatedSpec):
     """``type: clip``: CLIP zero-shot (:class:`~mist_debias.measure.classifiers.clip.CLIPCellClassifier`)."""
 
     type: Literal["clip"]
@@ -120,7 +131,7 @@ class CLIPClassifierSpec(_Strict):
     mode: Literal[CLASSIFY_MODES] = "joint"
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     batch_size: PositiveInt = 32
-    face_gate: bool | FaceGateSpec = False
+    face_gate: FaceGateSpec | None = None
 
 
 ClassifierSpec = Annotated[HFClassifierSpec | CLIPClassifierSpec, Field(discriminator="type")]
@@ -141,7 +152,8 @@ def parse_classifier_spec(data: Mapping[str, Any], where: str = "classifier") ->
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in (where, *first["loc"]))
-        raise ClassifierError(f"{location}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ClassifierError(f"{location}: {message}") from None
 
 
 def build_classifier(
@@ -158,7 +170,7 @@ def build_classifier(
     """
     config = parse_classifier_spec(spec, where)
     specs = (attribute_specs,) if isinstance(attribute_specs, AttributeSpec) else tuple(attribute_specs)
-    gate = _face_gate_settings(config.face_gate)
+    gate = config.face_gate
     detector = None if gate is None else _detector(gate)
     if isinstance(config, CLIPClassifierSpec):
         if config.mode == "per-axis" and any(not attribute_spec.axes for attribute_spec in specs):
@@ -186,12 +198,6 @@ def build_classifier(
     if detector is None:
         return classifier
     return FaceGatedClassifier(classifier, detector, crop=gate.crop, margin=gate.margin)
-
-
-def _face_gate_settings(face_gate: bool | FaceGateSpec) -> FaceGateSpec | None:
-    if face_gate is True:
-        return FaceGateSpec()
-    return face_gate or None
 
 
 def _detector(gate: FaceGateSpec) -> HaarFaceDetector:
