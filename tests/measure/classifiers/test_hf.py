@@ -37,6 +37,7 @@ def test_label_probabilities_match_the_model_forward_in_batches(vit_factory, ima
     classifier = HFImageClassifier.load(str(folder), batch_size=2)
     assert classifier.labels == RACE_LABELS
     np.testing.assert_allclose(classifier.label_probabilities(images), forward_probs(folder, images), atol=1e-6)
+    assert classifier.label_probabilities([]).shape == (0, len(RACE_LABELS))
 
 
 def test_labels_mapped_to_one_value_are_summed_and_ignored_ones_renormalised_away(vit_factory, images):

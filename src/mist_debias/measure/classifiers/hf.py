@@ -191,6 +191,8 @@ class HFImageClassifier:
 
     @torch.inference_mode()
     def label_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, len(self.labels)))
         parameter = next(self.model.parameters())
         chunks = []
         for start in range(0, len(images), self.batch_size):
