@@ -183,3 +183,22 @@ def test_built_hf_classifier_behind_the_gate_classifies_only_the_one_face_image(
     expected = HFImageClassifier.load(folder).label_probabilities([crop])
     np.testing.assert_allclose(predictions.probs[:1], expected, rtol=1e-12)
     np.testing.assert_array_equal(predictions.probs[1:], 0.0)
+
+
+def test_a_parsed_spec_round_trips_through_json_for_run_folders():
+    from pydantic import TypeAdapter
+
+    from mist_debias.measure.classifiers.build import ClassifierSpec
+
+    adapter = TypeAdapter(ClassifierSpec)
+    for data in (
+        {"type": "hf", "model": "m", "labels": GENDER_MAP, "ignore": ["x"], "face_gate": {"margin": 0.5}},
+        {"type": "hf", "models": [{"model": "m", "labels": GENDER_MAP}], "face_gate": False},
+        {"type": "clip", "model": "c", "mode": "per-axis", "face_gate": True},
+    ):
+        spec = adapter.validate_python(data)
+        assert spec == parse_classifier_spec(data)
+        assert adapter.validate_python(adapter.dump_python(spec, mode="json")) == spec
+    assert parse_classifier_spec({"type": "clip", "face_gate": True}).face_gate.margin == 0.25
+    assert parse_classifier_spec({"type": "hf", "model": "m", "labels": GENDER_MAP}).face_gate is not None
+    assert parse_classifier_spec({"type": "clip"}).face_gate is None
