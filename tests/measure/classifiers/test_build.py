@@ -10,13 +10,6 @@ from mist_debias.measure.classifiers.combined import ProductCellClassifier
 from mist_debias.measure.classifiers.face_gate import FaceGatedClassifier
 from mist_debias.measure.classifiers.hf import HFImageClassifier
 
-try:
-    import cv2
-
-    HAS_CASCADES = hasattr(cv2, "CascadeClassifier")
-except ImportError:
-    HAS_CASCADES = False
-
 GENDER = ("Male", "Female")
 JOINT = ("Male_Asian", "Female_Asian", "Male_White", "Female_White")
 GENDER_MAP = {"gender": {"Male": "man", "Female": "woman"}}
@@ -106,11 +99,10 @@ def test_a_cell_without_labels_is_refused_before_any_weights_load(vit_factory, m
 def test_gate_settings_are_passed_on_and_a_missing_detector_fails_before_loading(vit_factory, monkeypatch):
     folder = str(vit_factory(GENDER))
     config = {"type": "hf", "model": folder, "labels": GENDER_MAP, "face_gate": {"crop": False, "margin": 0.5}}
-    if HAS_CASCADES:
-        classifier = build_classifier(config, SPEC)
-        assert isinstance(classifier, FaceGatedClassifier)
-        assert (classifier.crop, classifier.margin) == (False, 0.5)
-        assert isinstance(build_classifier({**config, "face_gate": True}, SPEC), FaceGatedClassifier)
+    classifier = build_classifier(config, SPEC)
+    assert isinstance(classifier, FaceGatedClassifier)
+    assert (classifier.crop, classifier.margin) == (False, 0.5)
+    assert isinstance(build_classifier({**config, "face_gate": True}, SPEC), FaceGatedClassifier)
     monkeypatch.setattr(HFImageClassifier, "load", None)
     monkeypatch.setattr(build_module, "HaarFaceDetector", _missing_opencv)
     with pytest.raises(ClassifierError, match="needs OpenCV"):
@@ -167,7 +159,6 @@ def test_an_axis_mapped_twice_for_one_model_is_refused():
         build_classifier({"type": "hf", "models": entries, "face_gate": False}, SPEC)
 
 
-@pytest.mark.skipif(not HAS_CASCADES, reason="the installed OpenCV ships no Haar cascades (OpenCV 5)")
 def test_built_hf_classifier_behind_the_gate_classifies_only_the_one_face_image(vit_factory, render_faces):
     folder = str(vit_factory(GENDER))
     classifier = build_classifier({"type": "hf", "model": folder, "labels": GENDER_MAP}, SPEC)

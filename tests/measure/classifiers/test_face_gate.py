@@ -9,16 +9,6 @@ from mist_debias.core.spec import spec_from_cli
 from mist_debias.measure.classifiers import CellClassifier, CellPredictions, ClassifierError
 from mist_debias.measure.classifiers.face_gate import FaceBox, FaceGatedClassifier, HaarFaceDetector
 
-try:
-    import cv2
-
-    HAS_CASCADES = hasattr(cv2, "CascadeClassifier")
-except ImportError:
-    HAS_CASCADES = False
-needs_cascades = pytest.mark.skipif(
-    not HAS_CASCADES, reason="the installed OpenCV ships no Haar cascades (OpenCV 5); the faces extra pins <5"
-)
-
 
 class ListedFaces:
     """A detector that returns, for the image whose top-left pixel's red value is i, the boxes ``faces[i]``."""
@@ -96,7 +86,6 @@ def test_bad_margin_is_refused():
         FaceGatedClassifier(Recorder(), ListedFaces([]), margin=-0.1)
 
 
-@needs_cascades
 def test_haar_detects_one_drawn_face_none_on_blank_or_noise_and_each_of_several(render_faces):
     detector = HaarFaceDetector()
     (face,) = detector.detect(render_faces(256, 256, [(28, 28, 200)]))
@@ -110,14 +99,12 @@ def test_haar_detects_one_drawn_face_none_on_blank_or_noise_and_each_of_several(
     assert len(detector.detect(render_faces(600, 200, [(0, 0, 200), (200, 0, 200), (400, 0, 200)]))) == 3
 
 
-@needs_cascades
 def test_min_face_ignores_faces_smaller_than_its_share_of_the_image(render_faces):
     small = render_faces(256, 256, [(100, 60, 80)])
     assert len(HaarFaceDetector().detect(small)) == 1
     assert HaarFaceDetector(min_face=0.4).detect(small) == []
 
 
-@needs_cascades
 def test_gate_with_haar_classifies_only_the_one_face_image(render_faces):
     images = [
         render_faces(256, 256, []),
