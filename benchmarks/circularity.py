@@ -68,11 +68,12 @@ def main() -> None:
         images = generate_images(pipe, [prompt] * args.n, seeds, config)
 
     clip = CLIPCellClassifier.load(run["classifier"]["drive"], device="cpu")
-    believed_counts = clip.classify(images, spec).counts()
+    believed_labels = clip.classify(images, spec).labels
     truth = WorldOracle().classify(images, spec)
     true_counts = truth.counts()
     confusion = estimate_confusion(clip, spec, concept, n=args.confusion_images)
-    believed = shares(believed_counts)
+    believed = shares(np.bincount(believed_labels[believed_labels >= 0], minlength=spec.num_cells))
+    believed_on_decodable = shares(np.bincount(believed_labels[truth.valid], minlength=spec.num_cells))
     corrected = cleam_correct(believed, confusion)
     true = shares(true_counts)
     n_true = int(true_counts.sum())
@@ -88,6 +89,8 @@ def main() -> None:
             print(f"{axis.name}={value:<9}{b[value]:>10.3f}{c[value]:>11.3f}{t[value]:>8.3f}")
     print(f"largest gap from the truth, believed:  {np.max(np.abs(believed - true)):.3f}")
     print(f"largest gap from the truth, corrected: {np.max(np.abs(corrected - true)):.3f}")
+    gap = np.max(np.abs(believed_on_decodable - true))
+    print(f"largest gap from the truth, believed, on the images the oracle decodes: {gap:.3f}")
     print("confusion (rows true, columns predicted):")
     print(np.array2string(confusion, precision=3, suppress_small=True))
 
