@@ -385,6 +385,15 @@ def _setting_value(value) -> str:
     return html.escape(value)
 
 
+def _controller_value(controller) -> str:
+    """``adaptive`` or ``adaptive (option value, …)``."""
+    if not isinstance(controller, dict):
+        return _setting_value(controller)
+    options = {key: value for key, value in controller.items() if key != "name"}
+    name = html.escape(controller.get("name") or "–")
+    return name + (f" <span class='muted'>({_setting_value(options)})</span>" if options else "")
+
+
 def _run_overview(source: RunSource, settings: dict, world: bool) -> list[tuple[str, str]]:
     """Every setting of the run (``config.json``) and its totals (``summary.json``)."""
     summary, config = source.summary, source.config
@@ -397,7 +406,7 @@ def _run_overview(source: RunSource, settings: dict, world: bool) -> list[tuple[
             html.escape(model or ("bundled world" if world else "–")) + (" (the synthetic world)" if world else ""),
         ),
         ("concepts", html.escape(", ".join(c["name"] for c in summary["concepts"]))),
-        ("controller", _setting_value(settings.get("controller"))),
+        ("controller", _controller_value(settings.get("controller"))),
         (
             "tolerance",
             html.fmt(settings.get("tolerance"), 3) + " <span class='muted'>(largest |r − t| per cell)</span>",
