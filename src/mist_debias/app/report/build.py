@@ -28,7 +28,11 @@ from mist_debias.core.atomic import atomic_file
 
 def build_report(sources: Sequence[Path], out: Path, grid_images: int = 8, force: bool = False) -> Path:
     """Read every source folder (see :func:`~mist_debias.app.report.sources.read_source`) and write one
-    self-contained HTML file (figures and images embedded as base64 PNG) to ``out`` atomically."""
+    self-contained HTML file (figures and images embedded as base64 PNG) to ``out`` atomically.
+
+    ``grid_images`` images per concept go into the image grids: an evaluation's own images, or for a debias run
+    images generated anew with its model without and with its final edit (see
+    :func:`~mist_debias.app.report.grids.run_grids`); 0 leaves the grids out and loads no model."""
     read = [read_source(Path(folder)) for folder in sources]
     sections = []
     for index, source in enumerate(read):
