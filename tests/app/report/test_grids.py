@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import mist_debias
 from mist_debias.app.report import build_report, html
 from mist_debias.core.edit import Edit, fingerprint
 from mist_debias.core.generate import GenerationConfig, generate_images
@@ -101,3 +103,37 @@ def test_grids_can_be_turned_off_or_missing(edited_run, tmp_path):
     text = build_report([folder], tmp_path / "unfinished.html", grid_images=2).read_text()
     assert "<table class='grid'>" not in text
     assert text.count("no image grid:") == 2 and "has no final edit (edit.safetensors)" in text
+
+
+def test_world_run_grids_are_labelled_by_the_oracle(tmp_path):
+    """A run on the bundled world (no model in its settings): the grids use the shipped pipeline, the world's
+    sampler from config.json and the oracle's cells; the glyph legend comes first."""
+    from mist_debias.app.report.grids import WORLD_PIPELINE
+    from mist_debias.core.spec import Axis
+
+    folder = write_run_folder(tmp_path / "run")
+    config = json.loads((folder / "config.json").read_text())
+    world = str(Path(mist_debias.__file__).parent.joinpath(*WORLD_PIPELINE))
+    config["run"]["model"], config["model"] = None, world
+    config["run"]["generation"] = {"steps": 20, "guidance": 1.5, "eta": 0.75, "batch_size": 8}
+    config["run"]["classifier"] = {"drive": None}
+    (folder / "config.json").write_text(json.dumps(config))
+    pipe = load_pipeline(world, device="cpu")
+    spec = AttributeSpec.from_axes([Axis("gender", ("man", "woman")), Axis("age", ("young", "old"))])
+    projections = find_cross_attention_projections(pipe.unet)
+    edit = Edit(
+        torch.zeros(1, projections[0].weight_shape[1]),
+        {p.name: torch.zeros(p.weight_shape[0], 1) for p in projections},
+        fingerprint(projections),
+        {"concepts": [{"name": "doctor", "prompt": "a photo of a doctor", "spec": spec.to_dict()}]},
+    )
+    edit.save(folder / "edit.safetensors")
+    text = build_report([folder], tmp_path / "report.html", grid_images=2).read_text()
+    assert text.index(">World glyphs</h2>") < text.index(">Run: doctor</h2>")
+    start = text.index(">Run: doctor</h2>")
+    rows = grid_rows(text[start : text.find("<section", start)])
+    assert rows["original"] == rows["final edit"]  # a zero edit: the same images on the same seeds
+    assert all(caption in (*spec.phrases, "invalid") for _, caption in rows["original"])
+    sampler = GenerationConfig(steps=20, guidance=1.5, eta=0.75)
+    images = generate_images(pipe, ["a photo of a doctor"] * 2, [0, 1], sampler)
+    assert [src for src, _ in rows["original"]] == [re.search(r'src="([^"]+)"', html.thumbnail(i))[1] for i in images]
