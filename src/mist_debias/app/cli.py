@@ -145,7 +145,8 @@ def export(
     device: Annotated[str | None, typer.Option("--device")] = None,
     force: Annotated[bool, typer.Option("--force")] = False,
 ) -> None:
-    """Export an edit as a diffusers LoRA folder or as a complete pipeline with the edit baked in."""
+    """Export an edit as a diffusers LoRA folder (with a README.md model card) or as a complete pipeline with the
+    edit baked in."""
     from mist_debias.core.atomic import check_output_path
     from mist_debias.core.edit import Edit
 
@@ -153,7 +154,9 @@ def export(
     check_output_path(out, force)
     pipe = _load(model, device, DtypeChoice.float32)
     if format is ExportFormat.lora:
-        loaded.export_lora(pipe, out, scale=scale, force=force)
+        from mist_debias.app.model_card import export_lora_with_card
+
+        export_lora_with_card(loaded, pipe, out, model, edit_file, scale=scale, force=force)
     else:
         loaded.export_pipeline(pipe, out, scale=scale, force=force)
     Console(stderr=True).print(f"wrote {out} ({format.value})")

@@ -18,19 +18,30 @@ TARGET = [0.25] * 4
 
 
 def write_run_folder(folder: Path, log_lines: list[str] | None = None) -> Path:
-    """A run folder as the debias loop writes it: config.json, log.jsonl and summary.json.
+    """A run folder as the debias loop writes it: config.json (the settings under "run"), log.jsonl and
+    summary.json (no final edit, so no image grids).
 
     Two concepts over gender × age; "doctor" converges in three iterations, "nurse" stops on its budget.
     """
     folder.mkdir(parents=True)
     config = {
+        "run": {
+            "model": "tiny/world",
+            "concepts": [{"name": "doctor"}, {"name": "nurse"}],
+            "attributes": {"axes": {"gender": ["man", "woman"], "age": ["young", "old"]}, "target": "uniform"},
+            "controller": {"name": "adaptive", "gain": 0.7},
+            "tolerance": 0.05,
+            "budget": 4000,
+            "classifier": {"drive": None, "mode": "joint"},
+            "generation": {"steps": 20, "guidance": 1.5, "negative_prompt": None, "eta": 0.75},
+            "edit": {"method": "mist", "lam": None, "preserve_scale": 0.2},
+            "seed": 0,
+        },
         "model": "tiny/world",
-        "concepts": [{"name": "doctor"}, {"name": "nurse"}],
-        "attributes": {"axes": {"gender": ["man", "woman"], "age": ["young", "old"]}, "target": "uniform"},
-        "controller": {"name": "adaptive"},
-        "tolerance": 0.05,
-        "budget": 4000,
-        "seed": 0,
+        "model_fingerprint": "0123456789abcdef" * 4,
+        "preserve_prompts": ["", "a photo of a teacher", "a photo of a chef"],
+        "classifier": "CLIPCellClassifier",
+        "library_version": "0.1.0",
     }
     (folder / "config.json").write_text(json.dumps(config))
     trajectories = {
@@ -72,9 +83,10 @@ def write_run_folder(folder: Path, log_lines: list[str] | None = None) -> Path:
                 "before": Distribution.from_counts(history[0], TARGET).to_dict(),
                 "after": Distribution.from_counts(history[-1], TARGET).to_dict(),
                 "converged": concept == "doctor",
-                "reason": "interval inside tolerance" if concept == "doctor" else "budget exhausted",
+                "reason": "converged" if concept == "doctor" else "budget exhausted",
                 "images_used": int(np.sum(history)),
                 "weights": [0.2, 0.1, -0.1, -0.2],
+                "axes": [{"name": "gender", "values": ["man", "woman"]}, {"name": "age", "values": ["young", "old"]}],
             }
         )
     concepts[0]["after_fresh_seeds"] = Distribution.from_counts([26, 24, 25, 25], TARGET).to_dict()
@@ -84,7 +96,7 @@ def write_run_folder(folder: Path, log_lines: list[str] | None = None) -> Path:
         "images_total": total,
         "unet_evaluations": total * 40,
         "wall_time_s": 12.5,
-        "preserved_concepts": ["teacher", "chef"],
+        "preserved_concepts": ["", "a photo of a teacher", "a photo of a chef"],
     }
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder

@@ -5,12 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import mist_debias
 from mist_debias.app.report import EvaluationSource, ReportSourceError, RunSource, build_report, read_source
 from mist_debias.app.report.sources import read_log
 from mist_debias.measure.evaluate import (
@@ -119,6 +124,8 @@ def test_read_run_folder(run_folder):
     assert len(source.log) == 5 and source.log[0]["concept"] == "doctor"
     doctor = source.summary["concepts"][0]
     assert source.axes(doctor) == [("gender", ["man", "woman"]), ("age", ["young", "old"])]
+    legacy = RunSource(source.folder, source.summary, {"attributes": {"axes": {"gender": ["man", "woman"]}}})
+    assert legacy.axes({"name": "doctor"}) == [("gender", ["man", "woman"])]  # a summary without axes
     assert source.axes({**doctor, "axes": [{"name": "race", "values": ["A", "B"]}]}) == [("race", ["A", "B"])]
 
 
@@ -127,7 +134,7 @@ def test_run_folder_without_optional_files(run_folder):
     (run_folder / "log.jsonl").unlink()
     summary = json.loads((run_folder / "summary.json").read_text())
     for concept in summary["concepts"]:
-        for key in ("converged", "reason", "weights", "images_used", "target"):
+        for key in ("converged", "reason", "weights", "images_used", "target", "axes"):
             concept.pop(key)
     summary["concepts"][1].pop("after")
     (run_folder / "summary.json").write_text(json.dumps({"concepts": summary["concepts"]}))
@@ -187,7 +194,7 @@ def test_report_of_evaluation_and_run_renders_in_chromium(tmp_path, run_folder, 
     text = page.read_text()
     for heading in ("Debias run", "Before and after", "Run: doctor", "Run: nurse"):
         assert f">{heading}</h2>" in text
-    assert "interval inside tolerance" in text and "budget exhausted" in text
+    assert "budget exhausted" in text
     assert "0.467 → 0.027 (0.013 fresh)" in text  # Δ before → after (on fresh seeds)
     png = tmp_path / "report.png"
     result = screenshot(page, png, height=3000)
@@ -217,3 +224,88 @@ def test_unusable_bench_folder(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"rows": [{"concept": "doctor", "method": "uce"}]}))
     with pytest.raises(ReportSourceError, match="row 0 lacks cells, ratios, lower, upper"):
         read_source(tmp_path)
+
+
+def _overview_value(text: str, key: str) -> str:
+    """The value cell of ``key`` in a run overview table."""
+    match = re.search(rf"<tr><td>{re.escape(key)}</td><td>(.*?)</td></tr>", text)
+    assert match, f"no {key!r} row"
+    return match.group(1)
+
+
+def test_run_overview_shows_every_setting(run_folder, tmp_path):
+    text = build_report([run_folder], tmp_path / "r.html", grid_images=0).read_text()
+    assert _overview_value(text, "controller").startswith("adaptive") and "gain 0.7" in text
+    assert _overview_value(text, "tolerance").startswith("0.050")
+    assert _overview_value(text, "budget").startswith("4000")
+    assert _overview_value(text, "seed") == "0"
+    assert "steps 20, guidance 1.5, negative_prompt –, eta 0.75" in _overview_value(text, "generation")
+    assert "method mist, lam –, preserve_scale 0.2" in _overview_value(text, "edit")
+    assert _overview_value(text, "classifier used") == "CLIPCellClassifier"
+    # the empty prompt is shown as "" instead of as nothing before the first comma
+    assert _overview_value(text, "preserved prompts") == (
+        "&quot;&quot;, &quot;a photo of a teacher&quot;, &quot;a photo of a chef&quot;"
+    )
+
+
+def test_run_table_status_and_cell_labelled_weights(run_folder, tmp_path):
+    text = build_report([run_folder], tmp_path / "r.html", grid_images=0).read_text()
+    summary = text[text.index(">Before and after</h2>") : text.index(">Run: doctor</h2>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", summary[summary.index("<tbody>") :])
+    doctor, nurse = rows[0], rows[1]
+    assert doctor.count("converged") == 1  # the verdict, not the controller's reason "converged" again
+    assert "not converged" in nurse and "budget exhausted" in nurse
+    weights = re.findall(r"<span class='muted'>([^<]+)</span> (-?\d\.\d{3})", doctor.split("</td>")[-2])
+    assert weights == [("young man", "0.200"), ("old man", "0.100"), ("young woman", "-0.100"), ("old woman", "-0.200")]
+
+
+def test_small_deviation_bar_is_visible():
+    from mist_debias.app.report.plots import PALETTE, Series, deviation_chart
+
+    after = np.array([int(PALETTE[1][i : i + 2], 16) for i in (1, 3, 5)])
+
+    def after_pixels(delta: float) -> int:
+        png = deviation_chart(["doctor"], [Series("before", [0.6]), Series("after", [delta])], "Δ", None)
+        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int64)
+        return int(np.sum(np.abs(pixels - after).max(axis=2) < 8))
+
+    # beyond the legend's patch (drawn in both), a Δ of 0.0005 still draws a visible sliver of a bar
+    assert after_pixels(0.0005) - after_pixels(math.nan) >= 40
+
+
+def _world_run(folder):
+    """The shared run folder, with config.json naming the bundled world as its model."""
+    from mist_debias.app.report.grids import WORLD_PIPELINE
+
+    config = json.loads((folder / "config.json").read_text())
+    config["run"]["model"] = None
+    config["model"] = str(Path(mist_debias.__file__).parent.joinpath(*WORLD_PIPELINE))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_world_legend_only_for_world_runs(run_folder, tmp_path):
+    from mist_debias.world.render import AGES, BACKGROUND_COLORS, GENDERS, RACES
+
+    plain = build_report([run_folder], tmp_path / "plain.html", grid_images=0).read_text()
+    assert "World glyphs" not in plain and "class='grid legend'" not in plain
+    world = build_report([_world_run(run_folder)], tmp_path / "world.html", grid_images=0).read_text()
+    legend = world[world.index(">World glyphs</h2>") : world.index(">Run: doctor</h2>")]
+    values = [*GENDERS, *RACES, *AGES, *BACKGROUND_COLORS]
+    assert len(embedded_pngs(legend)) == len(values) == 15
+    for value in values:
+        assert f"{value}</td>" in legend
+    assert "skin colour" in legend and "hair colour" in legend and "background colour" in legend
+
+
+def test_report_without_grids_loads_no_model(run_folder, tmp_path):
+    """A non-world run with --grid-images 0: neither the world nor the model, edit and pipeline loaders are
+    imported (the grids' imports are all inside ``run_grids``)."""
+    modules = ("mist_debias.world", "mist_debias.loop.debias", "mist_debias.core.edit", "mist_debias.core.pipeline")
+    script = (
+        "import sys; from pathlib import Path; from mist_debias.app.report import build_report; "
+        f"build_report([Path({str(run_folder)!r})], Path({str(tmp_path / 'r.html')!r}), grid_images=0); "
+        f"print([m for m in {modules!r} if m in sys.modules])"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from PIL import Image
 
 from mist_debias import __version__
 from mist_debias.app.report import html
+from mist_debias.app.report.grids import LEGEND_BASE, ConceptGrid, is_world_run, run_settings
 from mist_debias.app.report.plots import (
     Panel,
     Series,
@@ -26,7 +28,11 @@ from mist_debias.core.atomic import atomic_file
 
 def build_report(sources: Sequence[Path], out: Path, grid_images: int = 8, force: bool = False) -> Path:
     """Read every source folder (see :func:`~mist_debias.app.report.sources.read_source`) and write one
-    self-contained HTML file (figures and images embedded as base64 PNG) to ``out`` atomically."""
+    self-contained HTML file (figures and images embedded as base64 PNG) to ``out`` atomically.
+
+    ``grid_images`` images per concept go into the image grids: an evaluation's own images, or for a debias run
+    images generated anew with its model without and with its final edit (see
+    :func:`~mist_debias.app.report.grids.run_grids`); 0 leaves the grids out and loads no model."""
     read = [read_source(Path(folder)) for folder in sources]
     sections = []
     for index, source in enumerate(read):
@@ -36,7 +42,7 @@ def build_report(sources: Sequence[Path], out: Path, grid_images: int = 8, force
         elif isinstance(source, BenchSource):
             sections.extend(bench_sections(source, anchor))
         else:
-            sections.extend(run_sections(source, anchor))
+            sections.extend(run_sections(source, anchor, grid_images))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"{', '.join(str(Path(s)) for s in sources)} · mist-debias {__version__} · {stamp}"
     document = html.page("mist-debias report", subtitle, sections)
@@ -291,29 +297,15 @@ def _prompt_of(by_key: dict, prompt_index: int, seed: int) -> str:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def run_sections(source: RunSource, anchor: str) -> list[tuple[str, str, str]]:
-    """Overview, before/after summary, Δ chart, and per concept: charts, heatmaps and the loop trajectory."""
+def run_sections(source: RunSource, anchor: str, grid_images: int = 0) -> list[tuple[str, str, str]]:
+    """Overview with every setting, before/after summary, Δ chart, the world's glyph legend (world runs only),
+    and per concept: charts, heatmaps, the loop trajectory and the before/after image grid."""
     summary, config = source.summary, source.config
+    settings = run_settings(config)
     concepts = summary["concepts"]
-    tolerance = config.get("tolerance")
-    controller = config.get("controller")
-    overview = html.meta_table(
-        [
-            ("folder", html.escape(source.folder)),
-            ("model", html.escape(config.get("model", "–"))),
-            (
-                "controller",
-                html.escape(controller.get("name", "–") if isinstance(controller, dict) else controller or "–"),
-            ),
-            ("tolerance", html.fmt(tolerance, 3)),
-            ("budget", html.fmt(config.get("budget"))),
-            ("images generated", html.fmt(summary.get("images_total"))),
-            ("UNet evaluations", html.fmt(summary.get("unet_evaluations"))),
-            ("wall time", f"{html.fmt(summary.get('wall_time_s'), 1)} s"),
-            ("preserved concepts", html.escape(", ".join(summary.get("preserved_concepts") or []) or "–")),
-            ("iterations logged", html.fmt(len(source.log))),
-        ]
-    )
+    tolerance = settings.get("tolerance")
+    world = bool(config) and is_world_run(config)
+    overview = html.meta_table(_run_overview(source, settings, world))
     rows = []
     for concept in concepts:
         before, after = concept.get("before") or {}, concept.get("after") or {}
@@ -328,10 +320,9 @@ def run_sections(source: RunSource, anchor: str) -> list[tuple[str, str, str]]:
                 _ratios_cell(concept.get("after_fresh_seeds")),
                 f"{html.fmt(before.get('deviation'))} → {html.fmt(after.get('deviation'))}"
                 + (f" ({html.fmt(fresh.get('deviation'))} fresh)" if fresh else ""),
-                html.verdict(concept.get("converged"), "converged", "not converged")
-                + (f"<br><span class='muted'>{html.escape(concept['reason'])}</span>" if concept.get("reason") else ""),
+                _run_status_cell(concept.get("converged"), concept.get("reason")),
                 html.fmt(concept.get("images_used")),
-                "<br>".join(html.fmt(w, 3) for w in concept.get("weights") or []) or "–",
+                _weights_cell(concept.get("weights"), concept["cells"]),
             ]
         )
     table = html.table(
@@ -345,7 +336,7 @@ def run_sections(source: RunSource, anchor: str) -> list[tuple[str, str, str]]:
             "Δ before → after",
             "status",
             "images",
-            "weights",
+            "weight per cell",
         ],
         rows,
         numeric=(8,),
@@ -366,11 +357,154 @@ def run_sections(source: RunSource, anchor: str) -> list[tuple[str, str, str]]:
         "deviation before and after",
     )
     sections = [(f"{anchor}-run", "Debias run", overview), (f"{anchor}-run-summary", "Before and after", table)]
+    if world:
+        sections.append((f"{anchor}-legend", "World glyphs", _legend_html()))
+    grids, grid_note = _run_grids(source, grid_images)
     for concept in concepts:
-        sections.append(
-            (f"{anchor}-run-{_slug(concept['name'])}", f"Run: {concept['name']}", _run_concept(source, concept))
-        )
+        body = _run_concept(source, concept)
+        if grid_images > 0:
+            grid = grids.get(concept["name"])
+            body += _grid_html(grid) if grid else f"<p class='muted'>no image grid: {html.escape(grid_note)}</p>"
+        sections.append((f"{anchor}-run-{_slug(concept['name'])}", f"Run: {concept['name']}", body))
     return sections
+
+
+def _quoted(prompt) -> str:
+    """A prompt as a JSON string literal, so the empty prompt shows as ``""``."""
+    return html.escape(json.dumps(str(prompt), ensure_ascii=False))
+
+
+def _setting_value(value) -> str:
+    """A setting for the overview: ``–`` for unset, lists joined, nested mappings as ``key value`` pairs."""
+    if value is None:
+        return "–"
+    if isinstance(value, dict):
+        return ", ".join(f"{html.escape(key)} {_setting_value(item)}" for key, item in value.items()) or "–"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_setting_value(item) for item in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str) and value == "":
+        return '""'
+    return html.escape(value)
+
+
+def _controller_value(controller) -> str:
+    """``adaptive`` or ``adaptive (option value, …)``."""
+    if not isinstance(controller, dict):
+        return _setting_value(controller)
+    options = {key: value for key, value in controller.items() if key != "name"}
+    name = html.escape(controller.get("name") or "–")
+    return name + (f" <span class='muted'>({_setting_value(options)})</span>" if options else "")
+
+
+def _run_overview(source: RunSource, settings: dict, world: bool) -> list[tuple[str, str]]:
+    """Every setting of the run (``config.json``) and its totals (``summary.json``)."""
+    summary, config = source.summary, source.config
+    model = config.get("model") or settings.get("model")
+    shown = {"model", "concepts", "controller", "tolerance", "budget", "seed"}
+    items = [
+        ("folder", html.escape(source.folder)),
+        (
+            "model",
+            html.escape(model or ("bundled world" if world else "–")) + (" (the synthetic world)" if world else ""),
+        ),
+        ("concepts", html.escape(", ".join(c["name"] for c in summary["concepts"]))),
+        ("controller", _controller_value(settings.get("controller"))),
+        (
+            "tolerance",
+            html.fmt(settings.get("tolerance"), 3) + " <span class='muted'>(largest |r − t| per cell)</span>",
+        ),
+        ("budget", html.fmt(settings.get("budget")) + " <span class='muted'>images</span>"),
+        ("seed", html.fmt(settings.get("seed"))),
+    ]
+    items += [(key, _setting_value(value)) for key, value in settings.items() if key not in shown]
+    if config.get("classifier"):
+        items.append(("classifier used", html.escape(config["classifier"])))
+    if config.get("model_fingerprint"):
+        items.append(("model fingerprint", html.escape(str(config["model_fingerprint"])[:16]) + "…"))
+    preserved = summary.get("preserved_concepts") or config.get("preserve_prompts") or []
+    items += [
+        ("preserved prompts", ", ".join(_quoted(p) for p in preserved) or "–"),
+        ("images generated", html.fmt(summary.get("images_total"))),
+        ("UNet evaluations", html.fmt(summary.get("unet_evaluations"))),
+        ("wall time", f"{html.fmt(summary.get('wall_time_s'), 1)} s"),
+        ("iterations logged", html.fmt(len(source.log))),
+        ("library version", html.escape(summary.get("library_version") or config.get("library_version") or "–")),
+    ]
+    return items
+
+
+def _run_status_cell(converged: bool | None, reason: str | None) -> str:
+    """The verdict word, and the controller's reason below it unless it only repeats the verdict."""
+    word = html.verdict(converged, "converged", "not converged")
+    repeats = (reason or "").strip().lower() in {"", "converged", "not converged"}
+    return word + ("" if repeats else f"<br><span class='muted'>{html.escape(reason)}</span>")
+
+
+def _weights_cell(weights, cells: list[str]) -> str:
+    """One line per cell: ``cell  weight``."""
+    if not weights:
+        return "–"
+    names = cells if len(cells) == len(weights) else [f"cell {j}" for j in range(len(weights))]
+    return "<br>".join(
+        f"<span class='muted'>{html.escape(name)}</span> {html.fmt(w, 3)}"
+        for name, w in zip(names, weights, strict=True)
+    )
+
+
+def _run_grids(source: RunSource, count: int) -> tuple[dict[str, ConceptGrid], str]:
+    """The run's before/after grids by concept, or none and why."""
+    if count <= 0:
+        return {}, "grids were not asked for (--grid-images 0)"
+    if not source.config:
+        return {}, "the run folder has no config.json"
+    from mist_debias.app.report.grids import run_grids
+    from mist_debias.core.errors import MistError
+
+    try:
+        return {grid.concept: grid for grid in run_grids(source.folder, source.config, count)}, ""
+    except MistError as error:
+        return {}, str(error)
+
+
+def _grid_html(grid: ConceptGrid) -> str:
+    """Two rows (original, final edit) of the same seeds, each image captioned with its classifier cell."""
+    header = "".join(f"<th>seed {seed}</th>" for seed in grid.seeds)
+    rows = []
+    for name, images in (("original", grid.original), ("final edit", grid.edited)):
+        cells = "".join(
+            f"<td>{html.thumbnail(item.image)}{html.escape(item.label) if item.label else ''}</td>" for item in images
+        )
+        rows.append(f"<tr><th>{name}</th>{cells}</tr>")
+    return (
+        f"<h3>Images on the same seeds: {_quoted(grid.prompt)}</h3><table class='grid'><thead><tr><th></th>"
+        f"{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        "<p class='note'>Generated for this report with the run's model and sampler settings, without and with "
+        "the run's final edit; captions are the cells the run's classifier assigns.</p>"
+    )
+
+
+def _legend_html() -> str:
+    """Each attribute value of the synthetic world drawn once (one row per attribute), with the colour that
+    marks it where the cue is a colour."""
+    from mist_debias.app.report.grids import world_legend
+
+    rows: dict[tuple[str, str], list[str]] = {}
+    for entry in world_legend():
+        swatch = "" if entry.colour is None else f"<span class='swatch' style='background: rgb{entry.colour}'></span>"
+        rows.setdefault((entry.axis, entry.cue), []).append(
+            f"<td>{html.thumbnail(entry.image, 72)}{swatch}{html.escape(entry.value)}</td>"
+        )
+    body = "".join(
+        f"<tr><th>{html.escape(axis)}<br><span class='muted'>{html.escape(cue)}</span></th>{''.join(cells)}</tr>"
+        for (axis, cue), cells in rows.items()
+    )
+    base = ", ".join(f"{key} {value}" for key, value in LEGEND_BASE.items())
+    return (
+        f"<table class='grid legend'><tbody>{body}</tbody></table><p class='note'>How the synthetic world draws each "
+        f"attribute value: every glyph is the same person ({html.escape(base)}) with one attribute changed.</p>"
+    )
 
 
 def _tolerance_as_delta(tolerance: float, concepts: list[dict]) -> float | None:

@@ -22,6 +22,7 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 .good { color: #1a7f37; font-weight: 600; } .bad { color: #c62828; font-weight: 600; } .muted { color: #777; }
 img.figure { max-width: 100%; display: block; margin: 8px 0 16px; }
 table.grid td { text-align: center; padding: 3px; font-size: 11px; } table.grid img { display: block; margin: auto; }
+.swatch { display: inline-block; width: 10px; height: 10px; border: 1px solid #999; margin-right: 4px; }
 nav a { margin-right: 14px; } .note { font-size: 13px; color: #555; max-width: 900px; }
 """
 

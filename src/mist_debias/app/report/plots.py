@@ -18,6 +18,8 @@ from matplotlib.ticker import MaxNLocator
 
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 DPI = 100
+MIN_BAR_LENGTH = 0.008
+"""Shortest drawn Δ bar (on the 0–1 axis): a Δ near 0 still shows as a sliver next to its value label."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def _product(lists: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
 
 
 def deviation_chart(concepts: Sequence[str], series: Sequence[Series], title: str, tolerance: float | None) -> bytes:
-    """Horizontal grouped bars of Δ per concept (``series[i].ratios`` holds one Δ per concept)."""
+    """Horizontal grouped bars of Δ per concept (``series[i].ratios`` holds one Δ per concept), each labelled
+    with its value; a bar shorter than :data:`MIN_BAR_LENGTH` is drawn at that length so it stays visible."""
     n = len(concepts)
     height = 0.8 / max(len(series), 1)
     figure = Figure(figsize=(7.5, 1.0 + 0.32 * n * max(len(series), 1) ** 0.5 + 0.3))
@@ -135,7 +138,12 @@ def deviation_chart(concepts: Sequence[str], series: Sequence[Series], title: st
     y = np.arange(n)
     for s, item in enumerate(series):
         values = np.asarray(item.ratios, dtype=np.float64)
-        ax.barh(y - 0.4 + height * (s + 0.5), values, height * 0.92, label=item.label, color=PALETTE[s % len(PALETTE)])
+        drawn = np.where(np.isfinite(values), np.maximum(values, MIN_BAR_LENGTH), np.nan)
+        bars = ax.barh(
+            y - 0.4 + height * (s + 0.5), drawn, height * 0.92, label=item.label, color=PALETTE[s % len(PALETTE)]
+        )
+        labels = ["" if not np.isfinite(v) else f"{v:.3f}" for v in values]
+        ax.bar_label(bars, labels, padding=3, fontsize=7)
     if tolerance is not None:
         ax.axvline(tolerance, color="black", linestyle="--", linewidth=1, label=f"tolerance (Δ = {tolerance:.3g})")
     ax.set_yticks(y, [_short(c, 24) for c in concepts])
