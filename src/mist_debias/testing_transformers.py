@@ -39,9 +39,38 @@ from mist_debias.core.clip_vocab import END_TOKEN, clip_tokenizer
 TransformerFamily = Literal["sd3", "flux"]
 TRANSFORMER_FAMILIES: tuple[TransformerFamily, ...] = ("sd3", "flux")
 T5_WORDS = (
-    "a an the of photo portrait picture person people man woman men women young old asian black white doctor nurse "
-    "ceo teacher engineer firefighter lawyer chef in on with and at"
-).split()
+    "a",
+    "an",
+    "the",
+    "of",
+    "photo",
+    "portrait",
+    "picture",
+    "person",
+    "people",
+    "man",
+    "woman",
+    "men",
+    "women",
+    "young",
+    "old",
+    "asian",
+    "black",
+    "white",
+    "doctor",
+    "nurse",
+    "ceo",
+    "teacher",
+    "engineer",
+    "firefighter",
+    "lawyer",
+    "chef",
+    "in",
+    "on",
+    "with",
+    "and",
+    "at",
+)
 
 
 def t5_tokenizer(model_max_length: int = 512) -> T5Tokenizer:

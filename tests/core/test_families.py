@@ -216,7 +216,7 @@ def test_compounding_keeps_every_spaces_factor(family_pipe):
 
 
 def test_too_long_prompt_for_t5_is_refused(family_pipe):
-    family, pipe = family_pipe
+    _, pipe = family_pipe
     encoder = TransformerPromptEncoder(pipe, max_sequence_length=8)
     long = "a photo of a doctor in a white coat"
     with pytest.raises(PromptError, match="too long for T5"):
