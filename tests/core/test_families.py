@@ -30,6 +30,7 @@ GENDER = ("a photo of a man", "a photo of a woman")
 CONCEPTS = [ConceptPrompts("a photo of a doctor", GENDER), ConceptPrompts("a portrait of a nurse", GENDER)]
 WEIGHTS = [[1.5, -0.5], [-0.3, 0.8]]
 PRESERVE = ("", "a photo of a chef")
+PROMPT = CONCEPTS[0].prompt
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +222,13 @@ def test_too_long_prompt_for_t5_is_refused(family_pipe):
     long = "a photo of a doctor in a white coat"
     with pytest.raises(PromptError, match="too long for T5"):
         TransformerEditProblem(encoder, [ConceptPrompts(long, GENDER)])
+
+
+def test_sd3_without_t5_is_keyed_on_clip_alone(transformer_dirs):
+    pipe = load_pipeline(transformer_dirs["sd3"], device="cpu")
+    pipe.text_encoder_3 = pipe.tokenizer_3 = None  # SD3 loaded with text_encoder_3=None: the T5 part is zeros
+    problem = edit_problem(pipe, CONCEPTS, preserve_prompts=PRESERVE)
+    assert problem.spaces["context"].rank_bound == len(CONCEPTS)
+    context, positions, _ = independent_encoding(load_pipeline(transformer_dirs["sd3"], device="cpu"), "sd3", PROMPT)
+    keys = problem.spaces["context"].edit_keys
+    torch.testing.assert_close(keys[:, 0], context[positions[0]], rtol=1e-5, atol=1e-5)
