@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from mist_debias.core.edit import Edit
 from mist_debias.core.errors import EditFileError
@@ -75,11 +77,25 @@ def test_save_load_roundtrip_keeps_each_spaces_factor(family_dir, tmp_path):
     assert torch.equal(loaded.layer_rights[POOLED_PROJECTION], edit.layer_rights[POOLED_PROJECTION])
     assert all(torch.equal(loaded.left[name], edit.left[name]) for name in edit.left)
     assert loaded.rank == edit.rank
+    assert loaded.metadata()["format_version"] == 2
+    assert loaded.metadata()["layers_with_own_right"] == [POOLED_PROJECTION]
     with loaded.applied(pipe):
         from_file = snapshot(pipe)
     with edit.applied(pipe):
         in_memory = snapshot(pipe)
     assert all(torch.equal(from_file[name], in_memory[name]) for name in in_memory)
+
+
+def test_a_file_missing_a_spaces_factor_is_refused(family_dir, tmp_path):
+    _, folder = family_dir
+    path = solve(load_pipeline(folder, device="cpu")).save(tmp_path / "edit.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        header = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    del tensors[f"right.{POOLED_PROJECTION}"]
+    save_file(tensors, str(tmp_path / "cut.safetensors"), metadata=header)
+    with pytest.raises(EditFileError, match="incomplete"):
+        Edit.load(tmp_path / "cut.safetensors")
 
 
 def test_fingerprint_refuses_another_model_and_other_families(family_dir, transformer_dirs):

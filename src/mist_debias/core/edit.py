@@ -38,7 +38,7 @@ from mist_debias.core.layers import Projection
 from mist_debias.core.solve import LowRankUpdate
 
 FORMAT = "mist-debias-edit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this library reads; version 1 files have one shared R
 RIGHT_KEY = "right"
 RIGHT_PREFIX = "right."
 LEFT_PREFIX = "left."
@@ -119,13 +119,19 @@ class Edit:
         """Everything the file records besides the tensors."""
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "library_version": __version__,
             "base_fingerprint": self.base_fingerprint,
             "rank": self.rank,
             "layers": self.layer_names,
+            **({"layers_with_own_right": list(self.layer_rights)} if self.layer_rights else {}),
             **self.info,
         }
+
+    @property
+    def format_version(self) -> int:
+        """1 for one shared ``R`` (readable by every release), 2 when some layers have their own."""
+        return 2 if self.layer_rights else 1
 
     def _projections(self, model: DiffusionPipeline | torch.nn.Module, check: bool) -> list[Projection]:
         found = {p.name: p for p in find_projections(model)}
@@ -183,7 +189,7 @@ class Edit:
         """Write the edit as one ``.safetensors`` file (atomic)."""
         tensors = {RIGHT_KEY: self.right, **{LEFT_PREFIX + name: t for name, t in self.left.items()}}
         tensors.update({RIGHT_PREFIX + name: t for name, t in self.layer_rights.items()})
-        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "mist": json.dumps(self.metadata())}
+        header = {"format": FORMAT, "format_version": str(self.format_version), "mist": json.dumps(self.metadata())}
         with atomic_file(Path(path), force=force) as temp:
             save_file(tensors, str(temp), metadata=header)
         return Path(path)
@@ -210,11 +216,13 @@ class Edit:
         layers = info.get("layers", [])
         own = [key[len(RIGHT_PREFIX) :] for key in tensors if key.startswith(RIGHT_PREFIX)]
         expected = {RIGHT_KEY, *(LEFT_PREFIX + name for name in layers), *(RIGHT_PREFIX + name for name in own)}
-        if RIGHT_KEY not in tensors or set(tensors) != expected or not set(own) <= set(layers):
+        declared = set(info.get("layers_with_own_right", []))
+        if RIGHT_KEY not in tensors or set(tensors) != expected or set(own) != declared or not declared <= set(layers):
             raise EditFileError(f"{path} is incomplete: its tensors do not match its layer list")
         left = {name: tensors[LEFT_PREFIX + name] for name in layers}
         rights = {name: tensors[RIGHT_PREFIX + name] for name in own}
         known = {"format", "format_version", "library_version", "base_fingerprint", "rank", "layers"}
+        known |= {"layers_with_own_right"}
         extra = {key: value for key, value in info.items() if key not in known}
         return cls(tensors[RIGHT_KEY], left, info["base_fingerprint"], extra, rights)
 
