@@ -65,6 +65,17 @@ def test_edit_info_export_generate(family, transformer_dirs, tmp_path, capsys):
     for p in find_projections(from_lora):
         torch.testing.assert_close(p.module.weight.detach(), edited[p.name], rtol=1e-5, atol=1e-6)
 
+    code, _, err = run(capsys, "export", model, edit_file, "--out", tmp_path / "baked", "--format", "diffusers")
+    assert code == 0, err
+    baked = {
+        p.name: p.module.weight.detach() for p in find_projections(load_pipeline(tmp_path / "baked", device="cpu"))
+    }
+    assert all(torch.equal(baked[name], weight) for name, weight in edited.items())
+
+    refused = tmp_path / "refused.safetensors"
+    code, _, err = run(capsys, *args[:-1], refused, "--projections", "v")
+    assert code == 2 and err.strip().startswith("error: the k/v and block filters") and not refused.exists()
+
     generated = {}
     for name, extra in (("plain", []), ("edited", ["--edit", edit_file])):
         out_dir = tmp_path / name
