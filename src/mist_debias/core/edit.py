@@ -221,8 +221,15 @@ class Edit:
             raise EditFileError(f"{path} is incomplete: its tensors do not match its layer list")
         left = {name: tensors[LEFT_PREFIX + name] for name in layers}
         rights = {name: tensors[RIGHT_PREFIX + name] for name in own}
-        known = {"format", "format_version", "library_version", "base_fingerprint", "rank", "layers"}
-        known |= {"layers_with_own_right"}
+        known = {
+            "format",
+            "format_version",
+            "library_version",
+            "base_fingerprint",
+            "rank",
+            "layers",
+            "layers_with_own_right",
+        }
         extra = {key: value for key, value in info.items() if key not in known}
         return cls(tensors[RIGHT_KEY], left, info["base_fingerprint"], extra, rights)
 
