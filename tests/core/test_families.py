@@ -155,8 +155,8 @@ def test_keys_are_each_encoders_eos_and_the_pooled_embedding(family_pipe):
         context, positions, pooled = independent_encoding(pipe, family, concept.prompt)
         context_keys.append(context[positions])
         pooled_keys.append(pooled)
-    expected_context = torch.stack([torch.cat(k, dim=0) if k.ndim == 1 else k for k in context_keys])
-    # the context space orders keys part by part: all CLIP keys, then all T5 keys
+    # (concepts, parts, d); the context space orders its keys part by part: all CLIP keys, then all T5 keys
+    expected_context = torch.stack(context_keys)
     expected_context = expected_context.transpose(0, 1).reshape(-1, expected_context.shape[-1]).T
     torch.testing.assert_close(problem.spaces["context"].edit_keys, expected_context, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(
