@@ -46,6 +46,7 @@ def test_edit_info_export_generate(family, transformer_dirs, tmp_path, capsys):
     assert code == 0, err
     edit = Edit.load(edit_file)
     assert edit.info["family"] == family
+    assert edit.info["max_sequence_length"] == (256 if family == "sd3" else 512)  # the pipelines' defaults
     assert set(edit.layer_names) == {CONTEXT_PROJECTION, POOLED_PROJECTION}
     assert edit.rank == (2 if family == "sd3" else 1)
 

@@ -91,10 +91,10 @@ def edit(
 ) -> None:
     """Solve one closed-form edit with given weights (no feedback loop) and save it."""
     from mist_debias.core.atomic import check_output_path
-    from mist_debias.core.families import detect_family, find_projections
+    from mist_debias.core.families import find_projections
     from mist_debias.core.solve import EditHyperparameters
     from mist_debias.core.targets import ConceptPrompts
-    from mist_debias.core.transformer_edit import edit_problem
+    from mist_debias.core.transformer_edit import edit_problem, family_info
 
     weight_list = parse_weights(weights)
     if len(weight_list) != len(attribute):
@@ -123,7 +123,7 @@ def edit(
 
     info = {
         "base_model": model,
-        "family": detect_family(pipe),
+        **family_info(pipe, problem),
         "method": method.value,
         "keys": problem.keys,
         "mist_form": problem.mist_form,
@@ -237,7 +237,16 @@ def info(
         return
     console = Console()
     console.print(f"[bold]{edit_file}[/bold]  format {metadata['format']} v{metadata['format_version']}")
-    for key in ("library_version", "base_model", "family", "base_fingerprint", "method", "keys", "rank"):
+    for key in (
+        "library_version",
+        "base_model",
+        "family",
+        "max_sequence_length",
+        "base_fingerprint",
+        "method",
+        "keys",
+        "rank",
+    ):
         if key in metadata:
             console.print(f"  {key}: {metadata[key]}")
     console.print(f"  layers: {len(metadata['layers'])}")

@@ -109,6 +109,7 @@ class TransformerEditProblem:
         self.mist_form = mist_form
         self.hparams = context_parts[0].hparams
         self.preserve_prompts = tuple(preserve_prompts)
+        self.max_sequence_length = encoder.t5_length
         context_preserve = pooled_preserve = None
         if self.preserve_prompts:
             context, pooled = encoder.encode(list(self.preserve_prompts))
@@ -142,3 +143,12 @@ def edit_problem(
     if detect_family(pipe) in ("sd3", "flux"):
         return TransformerEditProblem(TransformerPromptEncoder(pipe), concepts, **options)
     return EditProblem(PromptEncoder(pipe), concepts, **options)
+
+
+def family_info(pipe: DiffusionPipeline, problem: EditProblem | TransformerEditProblem) -> dict[str, str | int]:
+    """What an edit file records about the model family: the family, and for SD3 / FLUX the T5 window the keys
+    were encoded at (T5 states depend on the padding, so generation should use the same ``max_sequence_length``)."""
+    info: dict[str, str | int] = {"family": detect_family(pipe)}
+    if isinstance(problem, TransformerEditProblem):
+        info["max_sequence_length"] = problem.max_sequence_length
+    return info
