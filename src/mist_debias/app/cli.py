@@ -91,10 +91,10 @@ def edit(
 ) -> None:
     """Solve one closed-form edit with given weights (no feedback loop) and save it."""
     from mist_debias.core.atomic import check_output_path
-    from mist_debias.core.layers import find_cross_attention_projections
+    from mist_debias.core.families import find_projections
     from mist_debias.core.solve import EditHyperparameters
-    from mist_debias.core.targets import ConceptPrompts, EditProblem
-    from mist_debias.core.text import PromptEncoder
+    from mist_debias.core.targets import ConceptPrompts
+    from mist_debias.core.transformer_edit import edit_problem, family_info
 
     weight_list = parse_weights(weights)
     if len(weight_list) != len(attribute):
@@ -107,11 +107,10 @@ def edit(
     )
     check_output_path(out, force)
     pipe = _load(model, device, dtype)
-    encoder = PromptEncoder(pipe)
-    layers = find_cross_attention_projections(pipe.unet, projections=[p.strip() for p in projections.split(",")])
+    layers = find_projections(pipe, projections=[p.strip() for p in projections.split(",")])
     preserve_prompts = ([] if no_empty_preserve else [""]) + list(preserve or [])
-    problem = EditProblem(
-        encoder,
+    problem = edit_problem(
+        pipe,
         concepts,
         method=method.value,
         keys=keys.value if keys else None,
@@ -124,6 +123,7 @@ def edit(
 
     info = {
         "base_model": model,
+        **family_info(pipe, problem),
         "method": method.value,
         "keys": problem.keys,
         "mist_form": problem.mist_form,
@@ -240,7 +240,16 @@ def info(
         return
     console = Console()
     console.print(f"[bold]{edit_file}[/bold]  format {metadata['format']} v{metadata['format_version']}")
-    for key in ("library_version", "base_model", "base_fingerprint", "method", "keys", "rank"):
+    for key in (
+        "library_version",
+        "base_model",
+        "family",
+        "max_sequence_length",
+        "base_fingerprint",
+        "method",
+        "keys",
+        "rank",
+    ):
         if key in metadata:
             console.print(f"  {key}: {metadata[key]}")
     console.print(f"  layers: {len(metadata['layers'])}")

@@ -8,6 +8,11 @@ weights, hyperparameters and library version.
 
 The edit is exactly a LoRA with ``lora_A = R`` and ``lora_B = α L`` (rank k, alpha = k), which is how it is
 exported for ``pipe.load_lora_weights``.
+
+SD3 / FLUX edits change layers with different input spaces (see :mod:`mist_debias.core.families`): ``right`` is
+the context space's ``R`` and ``layer_rights`` holds the ``R`` of each layer in another space (stored as
+``right.<layer name>``). Their LoRA pads the smaller factors with zero rows/columns to one rank, which leaves
+every ``B A`` unchanged.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ from safetensors.torch import save_file
 from mist_debias import __version__
 from mist_debias.core.atomic import atomic_directory, atomic_file
 from mist_debias.core.errors import EditFileError
-from mist_debias.core.layers import Projection, find_cross_attention_projections
+from mist_debias.core.families import denoiser_component, find_projections
+from mist_debias.core.layers import Projection
 from mist_debias.core.solve import LowRankUpdate
 
 FORMAT = "mist-debias-edit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this library reads; version 1 files have one shared R
 RIGHT_KEY = "right"
+RIGHT_PREFIX = "right."
 LEFT_PREFIX = "left."
 
 
@@ -52,10 +59,6 @@ def fingerprint(projections: list[Projection]) -> str:
 
 def _as_stored(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to(device="cpu", dtype=torch.float32).contiguous()
-
-
-def _unet_of(model: DiffusionPipeline | torch.nn.Module) -> torch.nn.Module:
-    return model.unet if hasattr(model, "unet") else model
 
 
 @dataclass
@@ -83,19 +86,26 @@ class Edit:
     left: dict[str, torch.Tensor]
     base_fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)
+    layer_rights: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.right = _as_stored(self.right)
         self.left = {name: _as_stored(t) for name, t in self.left.items()}
+        self.layer_rights = {name: _as_stored(t) for name, t in self.layer_rights.items()}
 
     @classmethod
     def from_update(cls, update: LowRankUpdate, projections: list[Projection], info: dict[str, Any]) -> Edit:
         """Wrap a solved :class:`LowRankUpdate` of ``projections`` (fingerprinted in their current state)."""
-        return cls(right=update.right, left=dict(update.left), base_fingerprint=fingerprint(projections), info=info)
+        rights = dict(getattr(update, "layer_rights", {}))
+        return cls(update.right, dict(update.left), fingerprint(projections), info, rights)
 
     @property
     def rank(self) -> int:
-        return int(self.right.shape[0])
+        return max(int(r.shape[0]) for r in (self.right, *self.layer_rights.values()))
+
+    def right_of(self, name: str) -> torch.Tensor:
+        """``R`` of one layer: its own (another input space) or the shared one."""
+        return self.layer_rights.get(name, self.right)
 
     @property
     def layer_names(self) -> list[str]:
@@ -103,28 +113,34 @@ class Edit:
 
     def delta(self, name: str, scale: float = 1.0) -> torch.Tensor:
         """``α L R`` of one layer (float32, CPU)."""
-        return scale * (self.left[name] @ self.right)
+        return scale * (self.left[name] @ self.right_of(name))
 
     def metadata(self) -> dict[str, Any]:
         """Everything the file records besides the tensors."""
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             "library_version": __version__,
             "base_fingerprint": self.base_fingerprint,
             "rank": self.rank,
             "layers": self.layer_names,
+            **({"layers_with_own_right": list(self.layer_rights)} if self.layer_rights else {}),
             **self.info,
         }
 
+    @property
+    def format_version(self) -> int:
+        """1 for one shared ``R`` (readable by every release), 2 when some layers have their own."""
+        return 2 if self.layer_rights else 1
+
     def _projections(self, model: DiffusionPipeline | torch.nn.Module, check: bool) -> list[Projection]:
-        found = {p.name: p for p in find_cross_attention_projections(_unet_of(model))}
+        found = {p.name: p for p in find_projections(model)}
         missing = [name for name in self.left if name not in found]
         if missing:
             raise EditFileError(f"edit does not fit this model: it has no layer {missing[0]}")
         projections = [found[name] for name in self.left]
         for projection in projections:
-            expected = (self.left[projection.name].shape[0], self.right.shape[1])
+            expected = (self.left[projection.name].shape[0], self.right_of(projection.name).shape[1])
             if projection.weight_shape != expected:
                 raise EditFileError(
                     f"edit does not fit this model: {projection.name} is {projection.weight_shape}, "
@@ -153,7 +169,7 @@ class Edit:
             originals[projection.name] = weight.detach().clone()
             modules[projection.name] = projection.module
             left = self.left[projection.name].to(weight.device)
-            right = self.right.to(weight.device)
+            right = self.right_of(projection.name).to(weight.device)
             if weight.dtype == torch.float32:
                 weight.addmm_(left, right, alpha=scale)
             else:
@@ -172,7 +188,8 @@ class Edit:
     def save(self, path: Path, force: bool = False) -> Path:
         """Write the edit as one ``.safetensors`` file (atomic)."""
         tensors = {RIGHT_KEY: self.right, **{LEFT_PREFIX + name: t for name, t in self.left.items()}}
-        header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "mist": json.dumps(self.metadata())}
+        tensors.update({RIGHT_PREFIX + name: t for name, t in self.layer_rights.items()})
+        header = {"format": FORMAT, "format_version": str(self.format_version), "mist": json.dumps(self.metadata())}
         with atomic_file(Path(path), force=force) as temp:
             save_file(tensors, str(temp), metadata=header)
         return Path(path)
@@ -197,29 +214,50 @@ class Edit:
                 raise
             raise EditFileError(f"{path} is not a readable edit file (truncated or not safetensors)") from None
         layers = info.get("layers", [])
-        if RIGHT_KEY not in tensors or set(tensors) != {RIGHT_KEY, *(LEFT_PREFIX + name for name in layers)}:
+        own = [key[len(RIGHT_PREFIX) :] for key in tensors if key.startswith(RIGHT_PREFIX)]
+        expected = {RIGHT_KEY, *(LEFT_PREFIX + name for name in layers), *(RIGHT_PREFIX + name for name in own)}
+        declared = set(info.get("layers_with_own_right", []))
+        if RIGHT_KEY not in tensors or set(tensors) != expected or set(own) != declared or not declared <= set(layers):
             raise EditFileError(f"{path} is incomplete: its tensors do not match its layer list")
         left = {name: tensors[LEFT_PREFIX + name] for name in layers}
-        known = {"format", "format_version", "library_version", "base_fingerprint", "rank", "layers"}
+        rights = {name: tensors[RIGHT_PREFIX + name] for name in own}
+        known = {
+            "format",
+            "format_version",
+            "library_version",
+            "base_fingerprint",
+            "rank",
+            "layers",
+            "layers_with_own_right",
+        }
         extra = {key: value for key, value in info.items() if key not in known}
-        return cls(right=tensors[RIGHT_KEY], left=left, base_fingerprint=info["base_fingerprint"], info=extra)
+        return cls(tensors[RIGHT_KEY], left, info["base_fingerprint"], extra, rights)
 
     def lora_state_dict(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
-        """PEFT LoRA tensors: ``lora_A = R`` (k × d), ``lora_B = α L`` (m × k); with alpha = rank, ΔW = B A."""
+        """PEFT LoRA tensors: ``lora_A = R`` (r × d), ``lora_B = α L`` (m × r); with alpha = r, ΔW = B A.
+
+        Factors of rank k < r (a space with fewer keys) are padded with zero rows of ``R`` and zero columns of
+        ``L``, so one rank r = :attr:`rank` serves every layer and ``B A`` is unchanged.
+        """
         state = {}
         for name, left in self.left.items():
-            state[f"{name}.lora_A.weight"] = self.right.clone()
-            state[f"{name}.lora_B.weight"] = scale * left
+            right = self.right_of(name)
+            padding = self.rank - right.shape[0]
+            state[f"{name}.lora_A.weight"] = torch.nn.functional.pad(right, (0, 0, 0, padding))
+            state[f"{name}.lora_B.weight"] = torch.nn.functional.pad(scale * left, (0, padding))
         return state
 
     def export_lora(self, pipe: DiffusionPipeline, out_dir: Path, scale: float = 1.0, force: bool = False) -> Path:
         """Write a diffusers LoRA folder that ``pipe.load_lora_weights(out_dir)`` loads."""
         self._projections(pipe, check=True)
         metadata = {"r": self.rank, "lora_alpha": self.rank, "target_modules": self.layer_names}
+        component = denoiser_component(pipe)
+        layers = {
+            f"{component}_lora_layers": self.lora_state_dict(scale),
+            f"{component}_lora_adapter_metadata": metadata,
+        }
         with atomic_directory(Path(out_dir), force=force) as temp:
-            type(pipe).save_lora_weights(
-                str(temp), unet_lora_layers=self.lora_state_dict(scale), unet_lora_adapter_metadata=metadata
-            )
+            type(pipe).save_lora_weights(str(temp), **layers)
         return Path(out_dir)
 
     def export_pipeline(self, pipe: DiffusionPipeline, out_dir: Path, scale: float = 1.0, force: bool = False) -> Path:

@@ -6,6 +6,7 @@ initial latent on every device), which makes an image independent of the batch i
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,7 +21,8 @@ class GenerationConfig:
     """Sampler settings shared by every image of a run.
 
     ``eta`` is DDIM's η: the share of the posterior noise re-injected at each step, σ_t = η·σ_t^DDPM (0 is the
-    deterministic DDIM sampler, 1 is DDPM's ancestral step); schedulers without an ``eta`` ignore it.
+    deterministic DDIM sampler, 1 is DDPM's ancestral step); schedulers without an ``eta`` ignore it, and it is
+    not passed to pipelines that take none (SD3, FLUX).
     """
 
     steps: int = 20
@@ -72,6 +74,7 @@ def generate_images(
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     images: list[Image.Image] = []
+    sampler = {"eta": config.eta} if "eta" in inspect.signature(pipe.__call__).parameters else {}
     for start in range(0, len(prompts), config.batch_size):
         batch_prompts = list(prompts[start : start + config.batch_size])
         batch_seeds = seeds[start : start + config.batch_size]
@@ -81,7 +84,7 @@ def generate_images(
             negative_prompt=[config.negative_prompt] * len(batch_prompts) if config.negative_prompt else None,
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
-            eta=config.eta,
+            **sampler,
             height=config.height,
             width=config.width,
             generator=generators,

@@ -14,7 +14,7 @@ from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from mist_debias.core.errors import ModelLoadError
-from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.families import detect_family, find_projections
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,11 +56,11 @@ def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
 def load_pipeline(
     model: str | Path, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
 ) -> DiffusionPipeline:
-    """Load a text-to-image diffusers pipeline with a cross-attention UNet.
+    """Load a text-to-image diffusers pipeline of a family the project edits (SD1.x, SD2.x, SDXL, SD3, FLUX).
 
     ``model`` is a local folder (``model_index.json`` inside) or a hub id (``owner/name``). Raises
     :class:`ModelLoadError` with one line for a missing path, a folder that is not a diffusers SD pipeline, a
-    hub id that cannot be fetched, or a UNet without cross-attention.
+    hub id that cannot be fetched, or a pipeline of another family (the line names the families it can edit).
     """
     model = str(model)
     if _looks_like_path(model):
@@ -75,9 +75,7 @@ def load_pipeline(
     except Exception as error:  # any loader failure becomes one line for the user
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"could not load {model}: {reason[:200]}") from None
-    for component in ("unet", "tokenizer", "text_encoder"):
-        if getattr(pipe, component, None) is None:
-            raise ModelLoadError(f"{model} is not a Stable Diffusion text-to-image pipeline (no {component})")
-    find_cross_attention_projections(pipe.unet)
+    detect_family(pipe)
+    find_projections(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device or default_device())
