@@ -143,3 +143,21 @@ def test_console_script_runs_and_errors_cleanly(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: edit file not found: {tmp_path / 'none.safetensors'}"]
+
+
+def test_only_user_errors_become_one_line_and_bugs_keep_their_traceback(monkeypatch, tmp_path, capsys):
+    from mist_debias.core.errors import EditFileError
+
+    def user_error(path):
+        raise EditFileError(f"{path} is not an edit\nsecond line")
+
+    monkeypatch.setattr(Edit, "load", staticmethod(user_error))
+    code, _, err = run(capsys, "info", tmp_path / "x.safetensors")
+    assert code == 2 and err == f"error: {tmp_path / 'x.safetensors'} is not an edit\n"
+
+    def bug(path):
+        raise ValueError("internal invariant broken")
+
+    monkeypatch.setattr(Edit, "load", staticmethod(bug))
+    with pytest.raises(ValueError, match="internal invariant broken"):
+        main(["info", str(tmp_path / "x.safetensors")])

@@ -211,44 +211,53 @@ def test_check_complete():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"tolerance": 0.5}, r"tolerance must be in \(0, 0.5\), got 0.5"),
-        ({"tolerance": 0}, r"tolerance must be in \(0, 0.5\)"),
-        ({"tolerance": "small"}, "tolerance: expected a number"),
-        ({"budget": 0}, "budget must be > 0"),
-        ({"budget": 10.5}, "budget: expected an integer"),
-        ({"seed": -1}, "seed must be ≥ 0"),
-        ({"seed": True}, "seed: expected an integer"),
-        ({"modle": "x"}, "unknown key\\(s\\) modle in the config"),
-        ({"generation": {"stepz": 3}}, "unknown key\\(s\\) stepz in generation"),
-        ({"generation": {"steps": 0}}, "generation.steps must be positive"),
-        ({"generation": {"height": 500}}, "multiple of 8"),
-        ({"generation": {"dtype": "float8"}}, "unknown generation.dtype"),
-        ({"generation": {"guidance": -1}}, "guidance must be a finite number"),
-        ({"generation": {"eta": -0.5}}, "generation.eta must be a finite number ≥ 0"),
-        ({"controller": "pid"}, "unknown controller 'pid'"),
-        ({"classifier": {"mode": "both"}}, "unknown classifier mode"),
-        ({"classifier": {"templates": ["a photo"]}}, "has no {phrase}"),
-        ({"edit": {"keys": "first"}}, "unknown edit.keys"),
-        ({"edit": {"method": "sdedit"}}, "unknown edit.method"),
-        ({"edit": {"preserve": "all"}}, "unknown edit.preserve"),
-        ({"edit": {"lam": 0}}, "edit.lam must be > 0"),
-        ({"edit": {"preserve_scale": -0.1}}, "preserve_scale must be ≥ 0"),
+        ({"tolerance": 0.5}, r"^tolerance: should be less than 0.5, got 0.5$"),
+        ({"tolerance": 0}, r"^tolerance: should be greater than 0, got 0$"),
+        ({"tolerance": "small"}, "^tolerance: should be a valid number, got 'small'$"),
+        ({"budget": 0}, "^budget: should be greater than 0"),
+        ({"budget": 10.5}, "^budget: should be a valid integer, got 10.5$"),
+        ({"seed": -1}, "^seed: should be greater than or equal to 0"),
+        ({"seed": True}, "^seed: should be a valid integer, got True$"),
+        ({"modle": "x"}, "^modle: unknown key$"),
+        ({"generation": {"stepz": 3}}, "^generation.stepz: unknown key$"),
+        ({"generation": {"steps": 0}}, "^generation: steps must be positive"),
+        ({"generation": {"steps": "20"}}, "^generation.steps: should be a valid integer, got '20'$"),
+        ({"generation": {"height": 500}}, "multiples of 8"),
+        (
+            {"generation": {"dtype": "float8"}},
+            "^generation.dtype: should be 'auto', 'float32', 'float16' or 'bfloat16'",
+        ),
+        ({"generation": {"guidance": -1}}, "^generation: guidance must be a finite number ≥ 0"),
+        ({"generation": {"eta": -0.5}}, "^generation: eta must be a finite number ≥ 0"),
+        ({"controller": "pid"}, "^controller.name: should be 'adaptive' or 'official', got 'pid'$"),
+        ({"classifier": {"mode": "both"}}, "^classifier.mode: should be 'joint' or 'per-axis'"),
+        ({"classifier": {"templates": ["a photo"]}}, "^classifier: template 'a photo' has no {phrase}$"),
+        ({"classifier": {"templates": []}}, "^classifier.templates: Tuple should have at least 1 item"),
+        ({"edit": {"keys": "first"}}, "^edit.keys: should be 'eos', 'eos\\+pad', 'last-word' or 'all'"),
+        ({"edit": {"method": "sdedit"}}, "^edit.method: should be 'mist', 'uce' or 'time'"),
+        ({"edit": {"preserve": "all"}}, "^edit.preserve: should be 'default', 'paper' or 'none'"),
+        ({"edit": {"preserve_prompts": ["a", 1]}}, "^edit.preserve_prompts\\[1\\]: should be a valid string"),
+        ({"edit": {"lam": 0}}, "^edit: lam must be > 0"),
+        ({"edit": {"preserve_scale": -0.1}}, "^edit: preserve_scale must be ≥ 0"),
         ({"prompt_template": "a photo"}, "has no {concept}"),
-        ({"concepts": "doctor"}, "expected a list"),
+        ({"concepts": "doctor"}, "^concepts: should be a list, got 'doctor'$"),
         ({"concepts": ["doctor", "Doctor"]}, "listed twice: doctor"),
-        ({"concepts": [{"prompt": "x"}]}, "concepts\\[0\\]: missing 'name'"),
-        ({"concepts": [{"name": "x", "seed": 1}]}, "unknown key\\(s\\) seed in concepts\\[0\\]"),
-        ({"attributes": {"axes": {"gender": ["man"]}}}, "needs at least 2 values"),
-        ({"attributes": {"axes": ["gender"]}}, "cannot parse axis 'gender'"),
-        ({"attributes": {"cells": ["man", "man"]}}, "attributes: duplicate cell"),
-        ({"attributes": {"cells": ["a", "b"], "target": [0.5, 0.6]}}, "attributes: target must sum to 1"),
+        ({"concepts": [{"prompt": "x"}]}, "^concepts\\[0\\].name: missing$"),
+        ({"concepts": [{"name": "x", "seed": 1}]}, "^concepts\\[0\\].seed: unknown key$"),
+        ({"concepts": [" "]}, "^concepts\\[0\\]: a concept has an empty name$"),
+        ({"attributes": {"axes": {"gender": ["man"]}}}, "^attributes: axis 'gender' needs at least 2 values"),
+        ({"attributes": {"axes": ["gender"]}}, "^attributes: cannot parse axis 'gender'"),
+        ({"attributes": {"axes": [{"name": "g", "valuez": ["a"]}]}}, "^attributes: unknown key 'valuez' in an axis$"),
+        ({"attributes": {"cells": ["man", "man"]}}, "^attributes: duplicate cell"),
+        ({"attributes": {"cells": ["a", "b"], "target": [0.5, 0.6]}}, "^attributes: target must sum to 1"),
         ({"attributes": {"cells": ["a", "b"], "target": [1.0]}}, "1 values for 2 cells"),
-        ({"attributes": {"cells": ["a", "b"], "target": [True, 0]}}, "is not a probability"),
+        ({"attributes": {"cells": ["a", "b"], "target": [True, 0]}}, "^attributes: True is not a probability$"),
         ({"attributes": {"cells": ["a", "b"], "target": {"g": [1, 0]}}}, "need axes"),
         ({"attributes": {"axes": {"g": ["a", "b"]}, "cells": ["a", "b"]}}, "exactly one of the two"),
+        ({"attributes": {"cells": ["a", "b"], "phrasez": {}}}, "^attributes.phrasez: unknown key$"),
         (
             {"concepts": [{"name": "x", "attributes": {"axes": {"g": ["a", "b"]}, "target": {"h": [1, 0]}}}]},
-            "concepts\\[0\\].attributes: marginal for unknown axis 'h'",
+            "^concepts\\[0\\].attributes: marginal for unknown axis 'h'",
         ),
         ([1, 2], "expected a mapping"),
     ],
@@ -263,7 +272,7 @@ def test_validation_messages(data, message):
 def test_override_errors(yaml_config):
     with pytest.raises(ConfigError, match=r"unknown config key 'generation\.stepz'"):
         yaml_config.with_overrides({"generation.stepz": 3})
-    with pytest.raises(ConfigError, match="tolerance must be in"):
+    with pytest.raises(ConfigError, match=r"tolerance: should be less than 0\.5"):
         yaml_config.with_overrides({"tolerance": 0.7})
 
 
@@ -274,7 +283,8 @@ def test_override_errors(yaml_config):
         ("run.toml", "tolerance = \n", "is not valid TOML"),
         ("run.json", "{", "is not valid JSON"),
         ("run.ini", "", "unsupported config extension"),
-        ("run.yaml", "budget: -5\n", "run.yaml: budget must be > 0"),
+        ("run.yaml", "budget: -5\n", "^run.yaml: budget: should be greater than 0, got -5$"),
+        ("run.yaml", "generation: {guidanse: 3}\n", "^run.yaml: generation.guidanse: unknown key$"),
     ],
 )
 def test_file_errors(tmp_path, name, text, message):
@@ -294,3 +304,33 @@ def test_empty_yaml_is_defaults(tmp_path):
     path = tmp_path / "empty.yml"
     path.write_text("")
     assert load_config(path) == RunConfig()
+
+
+def test_each_choice_list_is_defined_once():
+    from mist_debias.app import choices as cli_choices
+    from mist_debias.core import choices
+    from mist_debias.core.pipeline import DTYPES
+    from mist_debias.loop.control import CONTROLLERS
+
+    assert set(CONTROLLERS) == set(choices.CONTROLLER_NAMES) and tuple(DTYPES) == choices.DTYPE_NAMES
+    for enum, values in (
+        (cli_choices.MethodChoice, choices.METHODS),
+        (cli_choices.KeysChoice, choices.KEY_SETS),
+        (cli_choices.DtypeChoice, choices.DTYPE_NAMES),
+        (cli_choices.ControllerChoice, choices.CONTROLLER_NAMES),
+        (cli_choices.PreserveChoice, choices.PRESERVE_MODES),
+        (cli_choices.ClassifyModeChoice, choices.CLASSIFY_MODES),
+    ):
+        assert tuple(member.value for member in enum) == values
+
+
+def test_generation_settings_are_the_sampler_schema_plus_dtype_and_scheduler():
+    import dataclasses
+
+    from mist_debias.core.generate import GenerationConfig
+    from mist_debias.loop.config import GenerationSettings
+
+    sampler = [f.name for f in dataclasses.fields(GenerationConfig)]
+    assert list(GenerationSettings.model_fields) == ["dtype", "scheduler", *sampler]
+    settings = GenerationSettings(steps=3, eta=0.5, negative_prompt="blurry")
+    assert settings.generation_config() == GenerationConfig(steps=3, eta=0.5, negative_prompt="blurry")

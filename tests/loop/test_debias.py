@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from mist_debias.app.cli import main
 from mist_debias.core.edit import Edit
@@ -64,7 +65,20 @@ def test_adaptive_run_writes_log_summary_and_a_loadable_edit(sd1_dir, tiny_clip_
 def test_official_run_compounds_and_replays_exactly(sd1_dir, tiny_clip_dir, tmp_path):
     settings = config(sd1_dir, tiny_clip_dir, controller="official", budget=4 * 32, n_images=32, step=0.5)
     run, _ = prepare_run(settings, tmp_path / "run", device="cpu")
-    run.run()
+    seen = []
+
+    def on_disk_after_round(done):
+        # after every round the folder holds the edit and summary of the rounds so far, not only the log
+        on_disk = Edit.load(done.folder.edit)
+        current = done.final_edit()
+        assert torch.equal(on_disk.right, current.right)
+        assert all(torch.equal(on_disk.left[name], current.left[name]) for name in current.left)
+        summary = json.loads(done.folder.summary.read_text())
+        assert summary["images_total"] == done.controller.images_used == done.log[-1]["images_total"]
+        seen.append(summary["images_total"])
+
+    run.run(on_round=on_disk_after_round)
+    assert seen == [64, 128]
     run.finish()
     assert all(entry["mode"] == "increment" for entry in run.log)
     assert len({entry["round"] for entry in run.log}) == 2
@@ -104,6 +118,7 @@ def test_bad_debias_inputs(sd1_dir, tiny_clip_dir, tmp_path, capsys):
     base = ["debias", sd1_dir, "--concept", "doctor", "--classifier", tiny_clip_dir]
     existing = tmp_path / "existing"
     existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
     cases = [
         ([*base, "--axis", "gender", "--out", tmp_path / "a"], "cannot parse axis"),
         ([*base, "--axis", "gender=man", "--out", tmp_path / "a"], "at least 2 values"),
@@ -113,8 +128,10 @@ def test_bad_debias_inputs(sd1_dir, tiny_clip_dir, tmp_path, capsys):
         ([*base, *CELLS, "--tolerance", "0.5", "--out", tmp_path / "a"], "tolerance"),
         ([*base, *CELLS, "--tolerance", "0", "--out", tmp_path / "a"], "tolerance"),
         ([*base, *CELLS, "--budget", "0", "--out", tmp_path / "a"], "budget"),
-        ([*base, *CELLS, "--out", existing], "already exists"),
-        ([*base, *CELLS, "--out", existing, "--resume"], "not a run folder"),
+        ([*base, *CELLS, "--out", existing], "is not a debias folder; refusing to use it"),
+        ([*base, *CELLS, "--out", existing, "--resume"], "not a debias folder"),
+        ([*base, *CELLS, "--out", existing, "--force"], "is not a debias folder; refusing to replace it"),
+        ([*base, *CELLS, "--out", existing, "--force", "--resume"], "not both"),
         (
             ["debias", sd1_dir, "--concept", "doctor", *CELLS, "--classifier", sd1_dir, "--out", tmp_path / "a"],
             "not a CLIP model",
@@ -125,6 +142,7 @@ def test_bad_debias_inputs(sd1_dir, tiny_clip_dir, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], (args, err)
         assert not (tmp_path / "a").exists()
+        assert [p.name for p in existing.iterdir()] == ["notes.txt"] and (existing / "notes.txt").read_text() == "mine"
 
 
 def test_resume_refuses_other_settings(sd1_dir, tiny_clip_dir, tmp_path, capsys):
@@ -171,6 +189,11 @@ def cli_command(sd1_dir, clip_dir, out, *extra):
     ]
 
 
+def edit_contents(path):
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata(), {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+
+
 def test_killed_run_resumes_to_the_same_edit(sd1_dir, tiny_clip_dir, tmp_path):
     config_file = tmp_path / "controller.yaml"
     config_file.write_text("controller: {name: official, n_images: 32, step: 0.5, max_iterations: 3}\n")
@@ -185,13 +208,15 @@ def test_killed_run_resumes_to_the_same_edit(sd1_dir, tiny_clip_dir, tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     logged = (killed_dir / "log.jsonl").read_text().splitlines()
-    assert len(logged) >= 1 and not (killed_dir / "edit.safetensors").exists()
+    assert len(logged) >= 1 and len(logged) < len((tmp_path / "straight" / "log.jsonl").read_text().splitlines())
     resumed = subprocess.run(cli_command(sd1_dir, tiny_clip_dir, killed_dir, *extra, "--resume"), capture_output=True)
     assert resumed.returncode == 0, resumed.stderr.decode()
-    a = Edit.load(tmp_path / "straight" / "edit.safetensors")
-    b = Edit.load(killed_dir / "edit.safetensors")
-    assert torch.equal(a.right, b.right)
-    assert all(torch.equal(a.left[name], b.left[name]) for name in a.left)
+    # the same tensors bit for bit and the same metadata (safetensors orders the header's metadata by hash, so the
+    # file bytes of equal edits can differ between two processes)
+    straight_metadata, straight_tensors = edit_contents(tmp_path / "straight" / "edit.safetensors")
+    killed_metadata, killed_tensors = edit_contents(killed_dir / "edit.safetensors")
+    assert straight_metadata == killed_metadata and straight_tensors.keys() == killed_tensors.keys()
+    assert all(torch.equal(straight_tensors[name], killed_tensors[name]) for name in straight_tensors)
 
     def logged(folder):
         entries = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]

@@ -12,6 +12,8 @@ from mist_debias.app.report.sources import BenchSource, read_source
 from mist_debias.core.edit import Edit, fingerprint
 from mist_debias.core.layers import find_cross_attention_projections
 from mist_debias.core.pipeline import load_pipeline
+from mist_debias.core.run_folder import create_run_folder, folder_kind
+from mist_debias.loop.debias import DEBIAS_FOLDER
 from mist_debias.loop.runner import run_preserve_prompts
 from mist_debias.measure.metrics import wilson_interval
 from mist_debias.world.bench import (
@@ -90,6 +92,39 @@ def test_every_row_is_a_run_folder_the_report_reads(bench):
         (concept,) = source.summary["concepts"]
         assert concept["cells"] == row["cells"]
         assert concept["after_fresh_seeds"]["n"] + concept["after_fresh_seeds"]["n_invalid"] == 3
+    assert folder_kind(out) == "bench"
+    assert all(folder_kind(out / r["concept"] / r["method"]) == "debias" for r in rows if r["method"] != "original")
+
+
+def test_an_edited_row_is_what_the_debias_run_finishes_with(bench):
+    """The row's summary and edit are the ones DebiasRun.finish wrote, its measurement the summary's."""
+    _, out, rows = bench
+    for row in rows:
+        if row["method"] == "original":
+            continue
+        folder = out / row["concept"] / row["method"]
+        summary = json.loads((folder / "summary.json").read_text())
+        measurement = json.loads((folder / "measurement.json").read_text())
+        assert summary["concepts"][0]["after_fresh_seeds"]["counts"] == measurement["distribution"]["counts"]
+        assert summary["images_total"] == measurement["loop"]["images"] == row["images"]
+        edit = Edit.load(folder / "edit.safetensors")
+        assert edit.info["concepts"][0]["weights"] == summary["concepts"][0]["weights"]
+
+
+def test_force_replaces_only_a_benchmark_folder(tiny_world, tmp_path):
+    settings = _settings(tiny_world / "pipeline")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "data.csv").write_text("1,2")
+    for force in (False, True):
+        with pytest.raises(BenchError, match="is not a bench folder"):
+            run_bench(settings, user, force=force, device="cpu")
+    assert [p.name for p in user.iterdir()] == ["data.csv"] and (user / "data.csv").read_text() == "1,2"
+    run = tmp_path / "run"
+    create_run_folder(run, DEBIAS_FOLDER, "fresh", {"config.json": "{}"})
+    with pytest.raises(BenchError, match=r"it is a debias folder"):
+        run_bench(settings, run, force=True, device="cpu")
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "run.json"]
 
 
 def test_the_report_renders_the_bench_table(bench, tmp_path):

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from mist_debias import __version__
-from mist_debias.app.choices import DtypeChoice
+from mist_debias.app.choices import ControllerChoice, DtypeChoice, KeysChoice, MethodChoice, PreserveChoice
 from mist_debias.app.evaluate_cli import evaluate_command, report_command
 from mist_debias.core.errors import MistError
 from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
@@ -30,19 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-
-
-class MethodChoice(str, Enum):
-    mist = "mist"
-    uce = "uce"
-    time = "time"
-
-
-class KeysChoice(str, Enum):
-    eos = "eos"
-    eos_pad = "eos+pad"
-    last_word = "last-word"
-    all = "all"
 
 
 class ExportFormat(str, Enum):
@@ -267,17 +254,6 @@ WORLD_DEMO_AXIS = "gender=man,woman"
 WORLD_BATCH_SIZE = 64
 
 
-class ControllerChoice(str, Enum):
-    adaptive = "adaptive"
-    official = "official"
-
-
-class PreserveChoice(str, Enum):
-    default = "default"
-    paper = "paper"
-    none = "none"
-
-
 @app.command()
 def debias(
     model: Annotated[
@@ -386,7 +362,9 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; user errors print one line on stderr and exit with code 2."""
+    """Entry point: run the app; user errors (:class:`~mist_debias.core.errors.MistError` and click's usage
+    errors) print one line on stderr and exit with code 2. Any other exception is a bug and propagates with
+    its traceback."""
     from mist_debias.core.pipeline import quiet_libraries
 
     quiet_libraries()
@@ -397,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         sys.stderr.write("error: aborted\n")
         sys.exit(130)
-    except (MistError, ValueError) as error:
+    except MistError as error:
         sys.stderr.write(f"error: {_first_line(str(error)) or type(error).__name__}\n")
         sys.exit(2)
     except Exception as error:

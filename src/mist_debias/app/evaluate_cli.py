@@ -7,20 +7,14 @@ point prints it and exits with 2).
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from mist_debias.app.choices import DtypeChoice
+from mist_debias.app.choices import ClassifyModeChoice, DtypeChoice
 from mist_debias.core.errors import MistError
-
-
-class ClassifierMode(str, Enum):
-    joint = "joint"
-    per_axis = "per-axis"
 
 
 def edited_prompts(info: dict) -> tuple[str, ...]:
@@ -57,7 +51,7 @@ def evaluate_command(
     classifier: Annotated[
         str, typer.Option("--classifier", help="CLIP hub id or folder, or 'oracle' (synthetic world).")
     ] = "openai/clip-vit-base-patch32",
-    classifier_mode: Annotated[ClassifierMode, typer.Option("--classifier-mode")] = ClassifierMode.joint,
+    classifier_mode: Annotated[ClassifyModeChoice, typer.Option("--classifier-mode")] = ClassifyModeChoice.joint,
     axis: Annotated[list[str] | None, typer.Option("--axis", help="Axis NAME=v1,v2,... (repeatable).")] = None,
     cell: Annotated[list[str] | None, typer.Option("--cell", help="Explicit cell phrase (repeatable).")] = None,
     target: Annotated[list[str] | None, typer.Option("--target", help="p1,p2,... or AXIS=p1,p2,...")] = None,

@@ -36,6 +36,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"steps must be positive, got {self.steps}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance must be a finite number ≥ 0, got {self.guidance}")
         if self.batch_size <= 0:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
         if not (math.isfinite(self.eta) and self.eta >= 0):

@@ -13,10 +13,11 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from mist_debias.core.choices import DTYPE_NAMES
 from mist_debias.core.errors import ModelLoadError
 from mist_debias.core.families import detect_family, find_projections
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def default_device() -> torch.device:

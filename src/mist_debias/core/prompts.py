@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from mist_debias.core import choices
 from mist_debias.core.errors import MistError, one_line
 from mist_debias.core.spec import AttributeSpec
 
@@ -97,7 +98,7 @@ NON_PERSON_PROMPTS: tuple[str, ...] = (
 )
 """Scenes without people, for checking that an edit leaves unrelated prompts alone."""
 
-PRESERVE_MODES = ("default", "paper", "none")
+PRESERVE_MODES = choices.PRESERVE_MODES
 """``default``: "" plus every unedited concept; ``paper``: "" only (the official MIST setting); ``none``."""
 
 BUILTIN_PROMPT_SETS = ("professions", "professions-validation", "non-person")

@@ -28,19 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from mist_debias.core.choices import KEY_SETS, METHODS, KeySet, Method, MistForm
 from mist_debias.core.errors import MistError, PromptError
 from mist_debias.core.solve import EditHyperparameters, LowRankUpdate, shared_factor
 from mist_debias.core.text import PromptEncoder, TokenizedPrompt
 
-Method = Literal["mist", "uce", "time"]
-KeySet = Literal["eos", "eos+pad", "last-word", "all"]
-MistForm = Literal["paper", "running"]
-METHODS: tuple[str, ...] = ("mist", "uce", "time")
-KEY_SETS: tuple[str, ...] = ("eos", "eos+pad", "last-word", "all")
 DEFAULT_KEYS: dict[str, str] = {"mist": "eos", "uce": "last-word", "time": "all"}
 
 

@@ -19,71 +19,91 @@ extension, e.g.::
     generation: {steps: 20, guidance: 7.5, negative_prompt: null, batch_size: 16, dtype: auto}
     edit: {method: mist, keys: eos, lam: 0.5, edit_scale: 1.0, preserve_scale: 0.2, preserve: default}
 
-Every section and key is optional (defaults below); unknown keys are errors, so typos do not pass silently.
-:meth:`RunConfig.to_dict` gives a JSON-ready dict that :meth:`RunConfig.from_dict` turns back into an equal
-config (the run folder stores it; ``--resume`` compares it with :meth:`RunConfig.differences`).
+Every section and key is optional (defaults below). The file is validated by pydantic models: unknown keys
+and wrong types are errors, reported as one line naming the key (``run.yaml: generation.guidanse: unknown
+key``). :meth:`RunConfig.to_dict` gives a JSON-ready dict that :meth:`RunConfig.from_dict` turns back into an
+equal config (the run folder stores it; ``--resume`` compares it with the current one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
-import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from mist_debias.core.atomic import atomic_file
+from mist_debias.core.choices import ClassifyMode, ControllerName, DtypeName, KeySet, Method, MistForm, PreserveMode
 from mist_debias.core.errors import MistError, one_line
 from mist_debias.core.generate import GenerationConfig
-from mist_debias.core.prompts import DEFAULT_EDIT_TEMPLATE, PRESERVE_MODES, edit_prompts, preservation_prompts
+from mist_debias.core.prompts import DEFAULT_EDIT_TEMPLATE, edit_prompts, preservation_prompts
+from mist_debias.core.run_folder import flatten_settings
 from mist_debias.core.solve import EditHyperparameters
 from mist_debias.core.spec import AttributeSpec, Axis, SpecError, parse_axis, parse_probabilities, parse_targets
-from mist_debias.core.targets import DEFAULT_KEYS, KEY_SETS, METHODS, ConceptPrompts
-from mist_debias.measure.classifiers.clip import CLASSIFY_MODES, DEFAULT_TEMPLATES
+from mist_debias.core.targets import DEFAULT_KEYS, ConceptPrompts
+from mist_debias.measure.classifiers.clip import DEFAULT_TEMPLATES
 
-CONTROLLERS = ("adaptive", "official")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-MIST_FORMS = ("paper", "running")
 DEFAULT_LAM = {"mist": 0.5, "uce": 0.5, "time": 0.1}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+Strings = Annotated[tuple[str, ...], Field(strict=False)]
+"""A list of strings in the file, a tuple in the config."""
 
 
 class ConfigError(MistError):
     """A run configuration that cannot be used; the message is one line naming the offending key."""
 
 
-@dataclass(frozen=True)
-class AttributesConfig:
+class _Section(BaseModel):
+    """A config section: immutable, unknown keys rejected, no silent type conversion (a list becomes a tuple)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AttributesConfig(_Section):
     """Cells and target of a concept: axes (product) or explicit cells, and a target.
 
     ``target`` is one value per cell, ``marginals`` one distribution per axis (the joint is their product);
     with neither the target is uniform. ``phrases`` overrides cell phrases by :func:`~mist_debias.core.spec.cell_key`
-    (``"woman,Asian,young"``). Validated on construction (raises :class:`~mist_debias.core.spec.SpecError`).
+    (``"woman,Asian,young"``). In a file, ``axes`` is ``{name: [values]}``, ``["name=v1,v2"]`` or
+    ``[{name:, values:}]``, and ``target`` is ``uniform``, a per-cell list or a per-axis mapping (the marginals).
     """
 
-    axes: tuple[Axis, ...] = ()
-    cells: tuple[str, ...] = ()
+    axes: Annotated[tuple[Axis, ...], Field(strict=False)] = ()
+    cells: Strings = ()
     target: tuple[float, ...] | None = None
-    marginals: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    phrases: dict[str, str] = field(default_factory=dict)
+    marginals: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    phrases: dict[str, str] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "axes", tuple(self.axes))
-        object.__setattr__(self, "cells", tuple(self.cells))
-        if self.target is not None:
-            object.__setattr__(self, "target", tuple(self.target))
-        object.__setattr__(self, "marginals", {name: tuple(p) for name, p in self.marginals.items()})
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        data["axes"] = _axes(data.get("axes"))
+        target = data.get("target")
+        if isinstance(target, Mapping):
+            data["target"], data["marginals"] = None, {str(k): _probabilities(v) for k, v in target.items()}
+        elif target is not None:
+            data["target"] = None if target == "uniform" else _probabilities(target)
+        if isinstance(data.get("marginals"), Mapping):
+            data["marginals"] = {str(k): _probabilities(v) for k, v in data["marginals"].items()}
+        return data
+
+    @model_validator(mode="after")
+    def _valid_spec(self) -> AttributesConfig:
         self.spec()
+        return self
 
     def spec(self) -> AttributeSpec:
-        """The :class:`~mist_debias.core.spec.AttributeSpec` this describes."""
+        """The :class:`~mist_debias.core.spec.AttributeSpec` this describes (raises :class:`SpecError`)."""
         if bool(self.axes) == bool(self.cells):
             raise SpecError("give attribute axes or explicit cells, exactly one of the two")
         if self.cells:
@@ -100,11 +120,14 @@ class AttributesConfig:
     ) -> AttributesConfig:
         """From ``--axis NAME=v1,...``, ``--cell TEXT`` and ``--target p1,...``/``AXIS=p1,...`` strings."""
         target, marginals = parse_targets(targets)
-        return cls(
-            axes=tuple(parse_axis(text) for text in axes),
-            cells=tuple(cells),
-            target=target,
-            marginals=marginals,
+        return _validated(
+            cls,
+            {
+                "axes": [parse_axis(text) for text in axes],
+                "cells": list(cells),
+                "target": target,
+                "marginals": marginals,
+            },
         )
 
     def to_dict(self) -> dict:
@@ -121,90 +144,63 @@ class AttributesConfig:
             data["phrases"] = dict(self.phrases)
         return data
 
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "attributes") -> AttributesConfig:
-        data = _mapping(data, where)
-        _check_keys(data, ("axes", "cells", "target", "phrases"), where)
-        target, marginals = _target(data.get("target"), f"{where}.target")
-        return cls(
-            axes=_axes(data.get("axes"), f"{where}.axes"),
-            cells=_strings(data.get("cells", ()), f"{where}.cells"),
-            target=target,
-            marginals=marginals,
-            phrases=_string_map(data.get("phrases", {}), f"{where}.phrases"),
-        )
 
-
-@dataclass(frozen=True)
-class ConceptConfig:
+class ConceptConfig(_Section):
     """One concept to debias: its name (``doctor``), optional edit prompt and optional own attributes.
 
     ``prompt`` replaces the concept prompt built from the run's ``prompt_template``; the attribute prompts
-    still come from that template (see :func:`~mist_debias.core.prompts.edit_prompts`).
+    still come from that template (see :func:`~mist_debias.core.prompts.edit_prompts`). In a file a concept
+    is a name or a mapping.
     """
 
     name: str
     prompt: str | None = None
     attributes: AttributesConfig | None = None
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str | None = None, /, **data: Any) -> None:
+        super().__init__(**({"name": name} if name is not None else {}), **data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ConceptConfig:
         if not self.name.strip():
-            raise ConfigError("a concept has an empty name")
+            raise ValueError("a concept has an empty name")
         if self.prompt is not None and not self.prompt.strip():
-            raise ConfigError(f"concept {self.name!r} has an empty prompt")
+            raise ValueError(f"concept {self.name!r} has an empty prompt")
+        return self
 
     def to_dict(self) -> dict:
-        data: dict[str, Any] = {"name": self.name}
-        if self.prompt is not None:
-            data["prompt"] = self.prompt
-        if self.attributes is not None:
-            data["attributes"] = self.attributes.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str) -> ConceptConfig:
-        if isinstance(data, str):
-            return cls(name=data)
-        data = _mapping(data, where)
-        _check_keys(data, ("name", "prompt", "attributes"), where)
-        if "name" not in data:
-            raise ConfigError(f"{where}: missing 'name'")
-        name = _convert(data["name"], str, f"{where}.name")
-        attributes = data.get("attributes")
-        return cls(
-            name=name,
-            prompt=_convert(data.get("prompt"), str | None, f"{where}.prompt"),
-            attributes=None
-            if attributes is None
-            else _spec_context(f"{where}.attributes", AttributesConfig.from_dict, attributes, f"{where}.attributes"),
+        return self.model_dump(exclude_none=True, exclude={"attributes"}) | (
+            {} if self.attributes is None else {"attributes": self.attributes.to_dict()}
         )
 
 
-@dataclass(frozen=True)
-class ControllerConfig:
-    """The feedback controller (``adaptive`` or ``official``) and its own options (checked by the controller)."""
+class ControllerConfig(_Section):
+    """The feedback controller and its own options (checked by the controller). In a file: a name, or a
+    mapping of ``name`` and the options."""
 
-    name: str = "adaptive"
-    options: dict[str, Any] = field(default_factory=dict)
+    name: ControllerName = "adaptive"
+    options: dict[str, Any] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.name not in CONTROLLERS:
-            raise ConfigError(f"unknown controller {self.name!r} (choose from {', '.join(CONTROLLERS)})")
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, Mapping) and "options" not in data:
+            options = {key: value for key, value in data.items() if key != "name"}
+            return {"name": data.get("name", "adaptive"), "options": options}
+        return data
 
     def to_dict(self) -> dict:
         return {"name": self.name, **self.options}
 
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "controller") -> ControllerConfig:
-        if isinstance(data, str):
-            return cls(name=data)
-        data = dict(_mapping(data, where))
-        name = _convert(data.pop("name", "adaptive"), str, f"{where}.name")
-        return cls(name=name, options=data)
 
-
-@dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(_Section):
     """Which classifier drives the loop and which evaluates it, and the CLIP zero-shot settings.
 
     ``drive``: a CLIP id or folder, or ``None`` for the model's default (the synthetic world's oracle for the
@@ -214,65 +210,49 @@ class ClassifierConfig:
 
     drive: str | None = None
     evaluate: str | None = None
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
-    mode: str = "joint"
-    batch_size: int = 32
+    templates: Annotated[Strings, Field(min_length=1)] = DEFAULT_TEMPLATES
+    mode: ClassifyMode = "joint"
+    batch_size: Annotated[int, Field(gt=0)] = 32
 
-    def __post_init__(self) -> None:
-        if self.mode not in CLASSIFY_MODES:
-            raise ConfigError(f"unknown classifier mode {self.mode!r} (choose from {', '.join(CLASSIFY_MODES)})")
-        if not self.templates:
-            raise ConfigError("classifier.templates must not be empty")
+    @model_validator(mode="after")
+    def _templates_have_phrase(self) -> ClassifierConfig:
         for template in self.templates:
             if "{phrase}" not in template:
-                raise ConfigError(f"classifier template {template!r} has no {{phrase}}")
-        _positive("classifier.batch_size", self.batch_size)
+                raise ValueError(f"template {template!r} has no {{phrase}}")
+        return self
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Sampler settings of the loop's images; ``dtype`` ``auto`` is float16 on CUDA and float32 elsewhere,
-    ``eta`` is DDIM's η (see :class:`~mist_debias.core.generate.GenerationConfig`)."""
+class _GenerationExtras(_Section):
+    """What the loop's sampler settings add to :class:`~mist_debias.core.generate.GenerationConfig`:
+    the weights' ``dtype`` (``auto``: float16 on CUDA, float32 elsewhere) and a diffusers scheduler class."""
 
-    steps: int = 20
-    guidance: float = 7.5
-    negative_prompt: str | None = None
-    height: int | None = None
-    width: int | None = None
-    batch_size: int = 16
-    dtype: str = "auto"
+    dtype: Literal["auto", DtypeName] = "auto"
     scheduler: str | None = None
-    eta: float = 0.0
 
-    def __post_init__(self) -> None:
-        _positive("generation.steps", self.steps)
-        _positive("generation.batch_size", self.batch_size)
-        if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise ConfigError(f"generation.guidance must be a finite number ≥ 0, got {self.guidance}")
-        if not math.isfinite(self.eta) or self.eta < 0:
-            raise ConfigError(f"generation.eta must be a finite number ≥ 0, got {self.eta}")
-        for name in ("height", "width"):
-            side = getattr(self, name)
-            if side is not None and (side <= 0 or side % 8):
-                raise ConfigError(f"generation.{name} must be a positive multiple of 8, got {side}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown generation.dtype {self.dtype!r} (choose from {', '.join(DTYPES)})")
+    @model_validator(mode="after")
+    def _valid_sampler(self) -> _GenerationExtras:
+        self.generation_config()  # GenerationConfig checks its own fields
+        return self
 
     def generation_config(self) -> GenerationConfig:
         """The sampler settings as :class:`~mist_debias.core.generate.GenerationConfig`."""
-        return GenerationConfig(
-            steps=self.steps,
-            guidance=self.guidance,
-            height=self.height,
-            width=self.width,
-            negative_prompt=self.negative_prompt,
-            batch_size=self.batch_size,
-            eta=self.eta,
-        )
+        return GenerationConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GenerationConfig)})
 
 
-@dataclass(frozen=True)
-class EditSettings:
+def _sampler_fields() -> dict[str, Any]:
+    """:class:`~mist_debias.core.generate.GenerationConfig`'s fields as pydantic field definitions."""
+    hints = typing.get_type_hints(GenerationConfig)
+    return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(GenerationConfig)}
+
+
+GenerationSettings = create_model(
+    "GenerationSettings", __base__=_GenerationExtras, __module__=__name__, **_sampler_fields()
+)
+"""Sampler settings of the loop's images: the fields of :class:`~mist_debias.core.generate.GenerationConfig`
+(one schema for both) plus ``dtype`` and ``scheduler``."""
+
+
+class EditSettings(_Section):
     """Closed-form edit settings.
 
     ``keys`` and ``lam`` default by method (``eos``/0.5 for MIST). ``preserve``: ``default`` keeps ``""`` and
@@ -280,28 +260,19 @@ class EditSettings:
     only (the official setting), ``none`` nothing; ``preserve_prompts`` are added to either.
     """
 
-    method: str = "mist"
-    keys: str | None = None
+    method: Method = "mist"
+    keys: KeySet | None = None
     lam: float | None = None
     edit_scale: float = 1.0
     preserve_scale: float = 0.2
-    preserve: str = "default"
-    preserve_prompts: tuple[str, ...] = ()
-    mist_form: str = "paper"
+    preserve: PreserveMode = "default"
+    preserve_prompts: Strings = ()
+    mist_form: MistForm = "paper"
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown edit.method {self.method!r} (choose from {', '.join(METHODS)})")
-        if self.keys is not None and self.keys not in KEY_SETS:
-            raise ConfigError(f"unknown edit.keys {self.keys!r} (choose from {', '.join(KEY_SETS)})")
-        if self.preserve not in PRESERVE_MODES:
-            raise ConfigError(f"unknown edit.preserve {self.preserve!r} (choose from {', '.join(PRESERVE_MODES)})")
-        if self.mist_form not in MIST_FORMS:
-            raise ConfigError(f"unknown edit.mist_form {self.mist_form!r} (choose from {', '.join(MIST_FORMS)})")
-        try:
-            self.hyperparameters()
-        except MistError as error:
-            raise ConfigError(f"edit.{error}") from None
+    @model_validator(mode="after")
+    def _valid_hyperparameters(self) -> EditSettings:
+        self.hyperparameters()
+        return self
 
     @property
     def resolved_keys(self) -> str:
@@ -313,49 +284,41 @@ class EditSettings:
         return EditHyperparameters(lam=lam, edit_scale=self.edit_scale, preserve_scale=self.preserve_scale)
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Section):
     """Everything a debias run needs besides its output folder.
 
     ``tolerance`` ∈ (0, 0.5) is the largest allowed ``|r_j − t_j|``; ``budget`` caps the images of the whole
     run (``None``: no cap beyond the controller's own). ``model`` ``None`` means the bundled synthetic model.
     """
 
-    model: str | None = None
-    concepts: tuple[ConceptConfig, ...] = ()
+    model: Annotated[str, Field(min_length=1)] | None = None
+    concepts: Annotated[tuple[ConceptConfig, ...], Field(strict=False)] = ()
     attributes: AttributesConfig | None = None
     prompt_template: str = DEFAULT_EDIT_TEMPLATE
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
-    tolerance: float = 0.05
-    budget: int | None = None
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-    edit: EditSettings = field(default_factory=EditSettings)
-    seed: int = 0
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
+    tolerance: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
+    budget: Annotated[int, Field(gt=0)] | None = None
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[valid-type]
+    edit: EditSettings = Field(default_factory=EditSettings)
+    seed: Annotated[int, Field(ge=0)] = 0
 
-    def __post_init__(self) -> None:
-        if self.model is not None and not self.model.strip():
-            raise ConfigError("model must not be empty")
-        if not (math.isfinite(self.tolerance) and 0 < self.tolerance < 0.5):
-            raise ConfigError(f"tolerance must be in (0, 0.5), got {self.tolerance}")
-        if self.budget is not None and self.budget <= 0:
-            raise ConfigError(f"budget must be > 0 images, got {self.budget}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be ≥ 0, got {self.seed}")
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
         if "{concept}" not in self.prompt_template:
-            raise ConfigError(f"prompt_template {self.prompt_template!r} has no {{concept}}")
+            raise ValueError(f"prompt_template {self.prompt_template!r} has no {{concept}}")
         names = [concept.name.strip().lower() for concept in self.concepts]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
-            raise ConfigError(f"concept(s) listed twice: {', '.join(repeated)}")
+            raise ValueError(f"concept(s) listed twice: {', '.join(repeated)}")
+        return self
 
     def check_complete(self) -> None:
         """Raise :class:`ConfigError` unless the run has concepts and every concept has attributes."""
         if not self.concepts:
             raise ConfigError("no concepts to debias (give --concept or a concepts list)")
         for concept in self.concepts:
-            if concept.attributes is None and self.attributes is None:
-                raise ConfigError(f"concept {concept.name!r} has no attributes (give --axis/--cell or attributes)")
+            self.spec(concept)
 
     def spec(self, concept: ConceptConfig) -> AttributeSpec:
         """The attribute spec of ``concept``: its own, else the shared default."""
@@ -389,40 +352,18 @@ class RunConfig:
             "controller": self.controller.to_dict(),
             "tolerance": self.tolerance,
             "budget": self.budget,
-            "classifier": _flat_dict(self.classifier),
-            "generation": _flat_dict(self.generation),
-            "edit": _flat_dict(self.edit),
+            "classifier": self.classifier.model_dump(mode="json"),
+            "generation": self.generation.model_dump(mode="json"),
+            "edit": self.edit.model_dump(mode="json"),
             "seed": self.seed,
         }
 
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:
         """Build and validate a config from a parsed file or :meth:`to_dict` output."""
-        data = _mapping(data, "the config")
-        _check_keys(data, [f.name for f in dataclasses.fields(cls)], "the config")
-        concepts = data.get("concepts") or ()
-        if isinstance(concepts, str) or not isinstance(concepts, Sequence):
-            raise ConfigError("concepts: expected a list of names or mappings")
-        attributes = data.get("attributes")
-        kwargs: dict[str, Any] = {
-            "concepts": tuple(
-                ConceptConfig.from_dict(item, f"concepts[{index}]") for index, item in enumerate(concepts)
-            ),
-            "attributes": None
-            if attributes is None
-            else _spec_context("attributes", AttributesConfig.from_dict, attributes, "attributes"),
-        }
-        if "controller" in data:
-            kwargs["controller"] = ControllerConfig.from_dict(data["controller"])
-        for name, section in (("classifier", ClassifierConfig), ("generation", GenerationSettings)):
-            if name in data:
-                kwargs[name] = _flat_from_dict(section, data[name], name)
-        if "edit" in data:
-            kwargs["edit"] = _flat_from_dict(EditSettings, data["edit"], "edit")
-        for name in ("model", "prompt_template", "tolerance", "budget", "seed"):
-            if name in data:
-                kwargs[name] = _convert(data[name], _hints(cls)[name], name)
-        return cls(**kwargs)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"the config: expected a mapping, got {type(data).__name__}")
+        return _validated(cls, data)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
         """A copy with dotted-key overrides applied, e.g. ``{"tolerance": 0.03, "generation.steps": 30}``.
@@ -446,11 +387,10 @@ class RunConfig:
 
     def differences(self, other: RunConfig, ignore: Sequence[str] = ()) -> list[str]:
         """Dotted keys whose values differ between the two configs (``ignore``: keys or key prefixes)."""
-        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
-        keys = sorted(set(mine) | set(theirs))
+        mine, theirs = flatten_settings(self.to_dict()), flatten_settings(other.to_dict())
         return [
             key
-            for key in keys
+            for key in sorted(set(mine) | set(theirs))
             if mine.get(key) != theirs.get(key) and not any(key == p or key.startswith(p + ".") for p in ignore)
         ]
 
@@ -476,14 +416,45 @@ def load_config(path: Path) -> RunConfig:
         raise ConfigError(f"{path} is not valid {suffix[1:].upper()}: {one_line(error)}") from None
     try:
         return RunConfig.from_dict({} if data is None else data)
-    except MistError as error:
-        raise ConfigError(f"{path}: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path.name}: {error}") from None
 
 
 def save_config(config: RunConfig, path: Path) -> None:
     """Write ``config.to_dict()`` as JSON atomically (replacing an existing file)."""
     with atomic_file(Path(path), force=True) as temp:
         temp.write_text(json.dumps(config.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _validated(model: type[BaseModel], data: Any) -> Any:
+    """``model.model_validate(data)``, the first error as a one-line :class:`ConfigError` naming its key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise _config_error(error) from None
+
+
+def _config_error(error: ValidationError) -> ConfigError:
+    """``generation.guidanse: unknown key``, ``tolerance: should be less than 0.5, got 0.7``."""
+    first = error.errors(include_url=False)[0]
+    where = ""
+    for part in first["loc"]:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif "[" not in part and part not in ("function-after", "function-before"):  # skip pydantic's schema tags
+            where += f".{part}" if where else part
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        text = "unknown key"
+    elif kind == "missing":
+        text = "missing"
+    elif kind in ("value_error", "assertion_error"):
+        text = one_line(first["ctx"]["error"])
+    else:
+        message = first["msg"].removeprefix("Input ").replace("a valid tuple", "a list")
+        message = message.replace("a valid dictionary", "a mapping")
+        text = f"{message}, got {first['input']!r}"
+    return ConfigError(f"{where}: {text}" if where else text)
 
 
 def _toml_loads(text: str) -> dict:
@@ -497,131 +468,47 @@ def _toml_loads(text: str) -> dict:
     return tomllib.loads(text)
 
 
-def _spec_context(where: str, build, *args):
-    """Call ``build(*args)``, turning a :class:`SpecError` into a :class:`ConfigError` that names ``where``."""
-    try:
-        return build(*args)
-    except SpecError as error:
-        raise ConfigError(f"{where}: {error}") from None
+def _axes(value: Any) -> Any:
+    """Axes from ``{name: [values]}``, ``["name=v1,v2"]`` or ``[{name:, values:}]`` (anything else as is)."""
+    if isinstance(value, Mapping):
+        return tuple(Axis(str(name), _string_list(values)) for name, values in value.items())
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        axes = []
+        for item in value:
+            if isinstance(item, str):
+                axes.append(parse_axis(item))
+            elif isinstance(item, Mapping):
+                unknown = sorted(set(item) - {"name", "values"})
+                if unknown:
+                    raise ValueError(f"unknown key {unknown[0]!r} in an axis")
+                axes.append(Axis(str(item.get("name", "")), _string_list(item.get("values"))))
+            else:
+                axes.append(item)
+        return tuple(axes)
+    return () if value is None else value
 
 
-def _mapping(data: Any, where: str) -> Mapping:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    return data
-
-
-def _check_keys(data: Mapping, allowed: Sequence[str], where: str) -> None:
-    unknown = [str(key) for key in data if key not in allowed]
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where} (allowed: {', '.join(allowed)})")
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _flat_dict(section: Any) -> dict:
-    return {
-        f.name: list(value) if isinstance(value := getattr(section, f.name), tuple) else value
-        for f in dataclasses.fields(section)
-    }
-
-
-def _flat_from_dict(cls: type, data: Any, where: str) -> Any:
-    """A section dataclass of scalars and string tuples from a mapping, converting by type hint."""
-    data = _mapping(data, where)
-    hints = _hints(cls)
-    _check_keys(data, list(hints), where)
-    return cls(**{key: _convert(value, hints[key], f"{where}.{key}") for key, value in data.items()})
-
-
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a simple type hint (int, float, str, bool, tuple[str, ...], X | None)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [arg for arg in args if arg is not type(None)]
-        args = typing.get_args(hint)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, str, bool) and type(value) is hint:
-        return value
-    if typing.get_origin(hint) is tuple:
-        return _strings(value, where)
-    expected = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
-    raise ConfigError(f"{where}: expected {expected}, got {value!r}")
-
-
-def _strings(value: Any, where: str) -> tuple[str, ...]:
+def _string_list(value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        raise ValueError(f"expected a list of strings, got {value!r}")
     return tuple(value)
 
 
-def _string_map(value: Any, where: str) -> dict[str, str]:
-    value = _mapping(value, where)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ConfigError(f"{where}: expected a mapping of strings to strings")
-    return dict(value)
-
-
-def _axes(value: Any, where: str) -> tuple[Axis, ...]:
-    """Axes from ``{name: [values]}``, ``["name=v1,v2"]`` or ``[{name:, values:}]``."""
-    if value is None:
-        return ()
-    try:
-        if isinstance(value, Mapping):
-            return tuple(Axis(str(name), _strings(values, f"{where}.{name}")) for name, values in value.items())
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            axes = []
-            for item in value:
-                if isinstance(item, str):
-                    axes.append(parse_axis(item))
-                else:
-                    item = _mapping(item, where)
-                    _check_keys(item, ("name", "values"), where)
-                    axes.append(Axis(str(item.get("name", "")), _strings(item.get("values"), where)))
-            return tuple(axes)
-    except SpecError as error:
-        raise ConfigError(f"{where}: {error}") from None
-    raise ConfigError(f"{where}: expected a mapping of axis names to value lists")
-
-
-def _probabilities(value: Any, where: str) -> tuple[float, ...]:
+def _probabilities(value: Any) -> tuple[float, ...]:
+    """A list of probabilities: numbers, or strings of decimals and fractions (``"1/3"``, ``"0.2,0.8"``)."""
     if isinstance(value, str):
-        return _spec_context(where, parse_probabilities, value)
+        return parse_probabilities(value)
     if not isinstance(value, Sequence) or not value:
-        raise ConfigError(f"{where}: expected a list of probabilities, got {value!r}")
-    result = []
+        raise ValueError(f"expected a list of probabilities, got {value!r}")
+    result: list[float] = []
     for item in value:
         if isinstance(item, str):
-            result.extend(_spec_context(where, parse_probabilities, item))
+            result.extend(parse_probabilities(item))
         elif isinstance(item, int | float) and not isinstance(item, bool):
             result.append(float(item))
         else:
-            raise ConfigError(f"{where}: {item!r} is not a probability")
+            raise ValueError(f"{item!r} is not a probability")
     return tuple(result)
-
-
-def _target(value: Any, where: str) -> tuple[tuple[float, ...] | None, dict[str, tuple[float, ...]]]:
-    """``uniform``/absent, a per-cell list, or a per-axis mapping of marginals."""
-    if value is None or value == "uniform":
-        return None, {}
-    if isinstance(value, Mapping):
-        return None, {str(name): _probabilities(p, f"{where}.{name}") for name, p in value.items()}
-    return _probabilities(value, where), {}
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts → ``{"a.b": value}`` (lists are kept whole)."""
-    if isinstance(data, Mapping) and data:
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: data}
 
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
@@ -635,8 +522,3 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     if last not in target and not (parents and parents[0] == "controller"):
         raise ConfigError(f"unknown config key {key!r}")
     target[last] = value
-
-
-def _positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {value}")

@@ -9,15 +9,15 @@ One :class:`~mist_debias.core.targets.EditProblem` holds every concept of the ru
   zero weights for the other concepts, and the result is added to ``L``.
 
 The edit is applied, each proposal's concept prompt is generated on fresh seeds, classified, and reported back.
-The run folder (:class:`RunFolder`) is rewritten atomically after every round: a run killed at any moment and
-resumed replays the logged observations into a fresh controller (controllers are deterministic functions of
-their observations), rebuilds the compounded edit from the logged increments, and continues with the same
-seeds, so it ends with the same edit as an uninterrupted run.
+After every round the run folder (:class:`RunFolder`) gets the log, the edit of the rounds so far and their
+summary, each replaced atomically: a run killed at any moment and resumed replays the logged observations into
+a fresh controller (controllers are deterministic functions of their observations), rebuilds the compounded
+edit from the logged increments, and continues with the same seeds, so it ends with the same edit as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,11 +29,11 @@ import torch
 from diffusers import DiffusionPipeline
 
 from mist_debias import __version__
-from mist_debias.core.atomic import write_text_atomic
 from mist_debias.core.edit import Edit, fingerprint
 from mist_debias.core.errors import MistError
 from mist_debias.core.generate import GenerationConfig, UNetEvaluationCounter, generate_images
 from mist_debias.core.layers import Projection, find_cross_attention_projections
+from mist_debias.core.run_folder import FolderKind, folder_kind, read_json, read_jsonl, write_json, write_jsonl
 from mist_debias.core.solve import LowRankUpdate
 from mist_debias.core.spec import AttributeSpec
 from mist_debias.core.targets import ConceptPrompts, EditProblem
@@ -61,32 +61,46 @@ class DebiasConcept:
     prompts: ConceptPrompts
 
 
+DEBIAS_FOLDER = FolderKind(
+    "debias",
+    "config.json",
+    settings_key="run",
+    legacy=lambda data: isinstance(data, dict) and isinstance(data.get("run"), dict) and "model_fingerprint" in data,
+)
+"""A debias run folder; one written before the kind marker is recognised by its ``config.json`` (the run config
+under ``run``, and the base model's fingerprint)."""
+
+
 class RunFolder:
-    """The files of a run: ``config.json``, ``log.jsonl``, ``edit.safetensors``, ``summary.json``."""
+    """The files of a run: ``run.json`` (kind marker), ``config.json``, ``log.jsonl``, ``edit.safetensors``,
+    ``summary.json`` (see :mod:`mist_debias.core.run_folder`)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.config = self.root / "config.json"
+        self.config = self.root / DEBIAS_FOLDER.settings_file
         self.log = self.root / "log.jsonl"
         self.edit = self.root / "edit.safetensors"
         self.summary = self.root / "summary.json"
 
     def is_run(self) -> bool:
-        return self.config.is_file()
+        return folder_kind(self.root, [DEBIAS_FOLDER]) == DEBIAS_FOLDER.name
 
     def read_config(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise RunError(f"{self.root} is not a run folder (no readable config.json)") from None
+        config = read_json(self.config)
+        if not isinstance(config, dict):
+            raise RunError(f"{self.config} is not a run config")
+        return config
 
     def read_log(self) -> list[dict[str, Any]]:
-        if not self.log.is_file():
-            return []
-        return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(self.log) if self.log.is_file() else []
 
     def write_log(self, entries: Sequence[dict[str, Any]]) -> None:
-        write_text_atomic(self.log, "".join(json.dumps(entry) + "\n" for entry in entries))
+        write_jsonl(self.log, entries)
+
+    def write_result(self, edit: Edit, summary: dict[str, Any]) -> None:
+        """Replace the edit and the summary (each atomically)."""
+        edit.save(self.edit, force=True)
+        write_json(self.summary, summary)
 
 
 def build_controller(name: str, concepts: Sequence[DebiasConcept], tolerance: float, budget: int | None, options):
@@ -222,6 +236,7 @@ class DebiasRun:
                 self.controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
                 self.log.append(self._entry(round_index, proposal, seeds, counts, n_invalid))
             self.folder.write_log(self.log)
+            self.folder.write_result(self.final_edit(), self.summary())
             round_index += 1
             if on_round:
                 on_round(self)
@@ -272,10 +287,10 @@ class DebiasRun:
         update = self.final_update()
         return Edit(update.right, dict(update.left), self.base_fingerprint, info)
 
-    def validate(self, n: int) -> dict[str, Distribution]:
+    def validate(self, n: int, edit: Edit | None = None) -> dict[str, Distribution]:
         """Distributions of every concept under the final edit on ``n`` fresh seeds (never used by the loop)."""
         results = {}
-        with self.final_edit().applied(self.pipe):
+        with (edit or self.final_edit()).applied(self.pipe):
             for name in self.order:
                 counts, n_invalid = self._measure(name, self._seeds(name, n, offset=VALIDATION_SEED_OFFSET))
                 results[name] = Distribution.from_counts(counts, self.concepts[name].spec.target, n_invalid=n_invalid)
@@ -319,12 +334,23 @@ class DebiasRun:
             "library_version": __version__,
         }
 
-    def finish(self, validate: int = 0) -> dict[str, Any]:
-        """Write the final edit and the summary; return the summary."""
+    def finish(
+        self, validate: int = 0, measure: Callable[[Edit], dict[str, Distribution]] | None = None
+    ) -> dict[str, Any]:
+        """Write the final edit and the summary; return the summary.
+
+        The summary's ``after_fresh_seeds`` is the final edit measured on fresh seeds: ``validate`` images per
+        concept by the loop's classifier (:meth:`validate`), or ``measure(edit)`` when given (the benchmark
+        measures with its own seeds and oracle).
+        """
         edit = self.final_edit()
-        edit.save(self.folder.edit, force=True)
-        summary = self.summary(self.validate(validate) if validate > 0 else None)
-        write_text_atomic(self.folder.summary, json.dumps(summary, indent=2))
+        validation = None
+        if measure is not None:
+            validation = measure(edit)
+        elif validate > 0:
+            validation = self.validate(validate, edit)
+        summary = self.summary(validation)
+        self.folder.write_result(edit, summary)
         return summary
 
     def close(self) -> None:

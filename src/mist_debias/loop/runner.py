@@ -7,22 +7,21 @@ leaves nothing on disk.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mist_debias import __version__
-from mist_debias.core.atomic import check_output_path, write_text_atomic
 from mist_debias.core.edit import fingerprint
 from mist_debias.core.layers import find_cross_attention_projections
 from mist_debias.core.pipeline import default_device, load_pipeline, use_scheduler
 from mist_debias.core.prompts import concept_prompt, strip_article
+from mist_debias.core.run_folder import check_run_folder, create_run_folder, mark_legacy, run_mode
 from mist_debias.core.targets import EditProblem
 from mist_debias.core.text import PromptEncoder
 from mist_debias.loop.config import RunConfig
-from mist_debias.loop.debias import DebiasConcept, DebiasRun, RunError, RunFolder, build_controller
+from mist_debias.loop.debias import DEBIAS_FOLDER, DebiasConcept, DebiasRun, RunError, RunFolder, build_controller
 from mist_debias.measure.classifiers.base import CellClassifier
 from mist_debias.measure.classifiers.loading import ORACLE, load_classifier
 from mist_debias.world import PROFESSIONS as WORLD_PROFESSIONS
@@ -66,27 +65,26 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _stored_run_config(stored: Any) -> dict[str, Any]:
+    """A stored run config in today's form (a folder from an earlier version may lack newer defaults)."""
+    return RunConfig.from_dict(stored).to_dict()
+
+
 def prepare_run(
     config: RunConfig, out: Path, resume: bool = False, force: bool = False, device: str | None = None
 ) -> tuple[DebiasRun, int]:
     """Validate everything, then create (or reopen with ``resume``) the run folder.
 
-    Returns the run and the number of rounds replayed from the log.
+    The folder rules are those of :mod:`mist_debias.core.run_folder`: ``force`` replaces only a debias run
+    folder. Returns the run and the number of rounds replayed from the log.
     """
     config.check_complete()
+    mode = run_mode(resume, force)
     folder = RunFolder(out)
-    saved: dict[str, Any] | None = None
-    if resume:
-        if not folder.is_run():
-            raise RunError(f"cannot resume: {out} is not a run folder")
-        saved = folder.read_config()
-        differences = RunConfig.from_dict(saved["run"]).differences(config, ignore=IGNORED_ON_RESUME)
-        if differences:
-            raise RunError(f"cannot resume: {out} was made with other settings ({', '.join(differences[:4])})")
-    elif out.exists() and not force:
-        raise RunError(f"{out} already exists (use --resume to continue it or --force to replace it)")
-    else:
-        check_output_path(out, force=True)
+    fresh = check_run_folder(
+        out, DEBIAS_FOLDER, mode, config.to_dict(), normalize=_stored_run_config, ignore=IGNORED_ON_RESUME
+    )
+    saved = None if fresh else folder.read_config()
 
     target_device = torch.device(device) if device else default_device()
     model = str(config.model) if config.model else str(bundled_world_path())
@@ -122,10 +120,7 @@ def prepare_run(
         "hyperparameters": vars(config.edit.hyperparameters()),
         "preserve_prompts": preserve,
     }
-    if not resume:
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+    if fresh:
         record = {
             "run": config.to_dict(),
             "model": model,
@@ -134,7 +129,9 @@ def prepare_run(
             "classifier": type(classifier).__name__,
             "library_version": __version__,
         }
-        write_text_atomic(folder.config, json.dumps(record, indent=2))
+        create_run_folder(out, DEBIAS_FOLDER, mode, {DEBIAS_FOLDER.settings_file: json.dumps(record, indent=2)})
+    else:
+        mark_legacy(out, DEBIAS_FOLDER)
     run = DebiasRun(
         pipe,
         concepts,
@@ -146,6 +143,6 @@ def prepare_run(
         seed=config.seed,
         edit_info=edit_info,
     )
-    entries = folder.read_log() if resume else []
+    entries = [] if fresh else folder.read_log()
     run.resume(entries)
     return run, len({e["round"] for e in entries})

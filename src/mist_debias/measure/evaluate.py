@@ -49,7 +49,6 @@ import itertools
 import json
 import math
 import re
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,10 +60,19 @@ from PIL import Image
 from scipy import stats
 
 from mist_debias import __version__
-from mist_debias.core.atomic import atomic_file, check_output_path, write_text_atomic
+from mist_debias.core.atomic import atomic_file, write_text_atomic
 from mist_debias.core.errors import MistError
 from mist_debias.core.generate import GenerationConfig, UNetEvaluationCounter, generate_images
 from mist_debias.core.prompts import PromptRecord, strip_article
+from mist_debias.core.run_folder import (
+    FolderKind,
+    RunFolderError,
+    check_run_folder,
+    create_run_folder,
+    folder_kind,
+    mark_legacy,
+    run_mode,
+)
 from mist_debias.core.spec import AttributeSpec
 from mist_debias.measure.classifiers.base import CellClassifier
 from mist_debias.measure.clip_score import CLIPScorer
@@ -303,65 +311,42 @@ def _is_number(text: str) -> bool:
 # --------------------------------------------------------------------------------------------------- folder
 
 
+EVALUATION_FOLDER = FolderKind(
+    "evaluation",
+    MANIFEST_FILE,
+    settings_key="plan",
+    legacy=lambda data: isinstance(data, dict) and data.get("format") == FORMAT,
+)
+"""An evaluation folder; one written before the kind marker is recognised by its manifest's ``format``."""
+
+
 def is_evaluation_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds an evaluation manifest."""
-    manifest = Path(folder) / MANIFEST_FILE
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+    """Whether ``folder`` is an evaluation folder (by its kind marker, or an earlier version's manifest)."""
+    return folder_kind(folder, [EVALUATION_FOLDER]) == EVALUATION_FOLDER.name
 
 
 def check_folder(folder: Path, plan: EvaluationPlan, resume: bool, force: bool) -> bool:
     """Decide what to do with ``folder`` without writing anything; returns True when work starts afresh.
 
-    A missing folder starts afresh. An existing one needs ``resume`` (it must be an evaluation with the same
-    plan) or ``force`` (it must be an evaluation folder or empty: it is replaced).
+    The rules of :mod:`mist_debias.core.run_folder`: a missing folder starts afresh; an existing one needs
+    ``resume`` (an evaluation folder with the same plan) or ``force`` (an evaluation folder: it is replaced).
     """
-    folder = Path(folder)
-    if not folder.exists():
-        check_output_path(folder)
-        return True
-    if not folder.is_dir():
-        raise EvaluationError(f"{folder} exists and is not a folder")
-    empty = not any(folder.iterdir())
-    evaluation = is_evaluation_folder(folder)
-    if resume and evaluation:
-        stored = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")).get("plan", {})
-        difference = _first_difference(stored, json.loads(json.dumps(plan.to_dict())))
-        if difference:
-            raise EvaluationError(f"cannot resume {folder}: it was made with a different {difference}")
-        return False
-    if resume and empty:
-        return True
-    if force and (evaluation or empty):
-        return True
-    if resume or force:
-        raise EvaluationError(f"{folder} exists and is not an evaluation folder; refusing to use it")
-    raise EvaluationError(f"{folder} already exists (use --resume to continue it or --force to replace it)")
-
-
-def _first_difference(stored: Any, current: Any, where: str = "") -> str | None:
-    if isinstance(stored, dict) and isinstance(current, dict):
-        for key in sorted(set(stored) | set(current)):
-            found = _first_difference(stored.get(key), current.get(key), f"{where}.{key}" if where else key)
-            if found:
-                return found
-        return None
-    return None if stored == current else (where or "plan")
+    try:
+        return check_run_folder(folder, EVALUATION_FOLDER, run_mode(resume, force), plan.to_dict())
+    except RunFolderError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def start_folder(folder: Path, plan: EvaluationPlan, fresh: bool) -> None:
-    """Create (or, when ``fresh``, empty and recreate) the folder and write its manifest."""
+    """With ``fresh`` (the verdict of :func:`check_folder`), create the folder atomically with its marker and
+    manifest, replacing an evaluation folder; then the image folders of every model."""
     folder = Path(folder)
-    if fresh and folder.exists():
-        shutil.rmtree(folder)
     if fresh:
-        folder.mkdir(parents=True)
         manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__}
-        write_text_atomic(folder / MANIFEST_FILE, json.dumps({**manifest, "plan": plan.to_dict()}, indent=2))
+        text = json.dumps({**manifest, "plan": plan.to_dict()}, indent=2)
+        create_run_folder(folder, EVALUATION_FOLDER, "force", {MANIFEST_FILE: text})
+    else:
+        mark_legacy(folder, EVALUATION_FOLDER)
     for model in plan.model_names:
         (folder / IMAGES_DIR / model).mkdir(parents=True, exist_ok=True)
 

@@ -45,7 +45,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,6 +65,16 @@ from mist_debias.core.generate import GenerationConfig, generate_images
 from mist_debias.core.layers import find_cross_attention_projections
 from mist_debias.core.pipeline import default_device, load_pipeline
 from mist_debias.core.prompts import concept_prompt
+from mist_debias.core.run_folder import (
+    FolderKind,
+    Mode,
+    RunFolderError,
+    check_run_folder,
+    create_run_folder,
+    folder_kind,
+    mark_legacy,
+    write_json,
+)
 from mist_debias.core.spec import AttributeSpec, Axis
 from mist_debias.loop.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
 from mist_debias.loop.debias import RunFolder
@@ -473,15 +482,11 @@ def _original_summary(concept: str, spec: AttributeSpec, measured: dict) -> dict
     }
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-
-
 def bench_row(context: BenchContext, concept: str, method_name: str) -> dict:
     """Run (or reuse) one (concept, method) run folder and return its measurement."""
     folder = RunFolder(context.out / concept / method_name)
     measurement_path = folder.root / MEASUREMENT_FILE
-    if folder.summary.is_file() and measurement_path.is_file():
+    if measurement_path.is_file():
         context.log(f"{concept} / {method_name}: reusing {folder.root}")
         return json.loads(measurement_path.read_text(encoding="utf-8"))
     method = BENCH_METHODS[method_name]
@@ -491,30 +496,32 @@ def bench_row(context: BenchContext, concept: str, method_name: str) -> dict:
         folder.root.mkdir(parents=True, exist_ok=True)
         measured = measure_model(context, lambda p, n: context.reference[p][:n], concept, spec)
         loop = {"images": 0, "unet_evaluations": 0, "wall_time_s": 0.0, "converged": None, "reason": "no edit"}
-        summary = _original_summary(concept, spec, measured)
+        write_json(folder.summary, _original_summary(concept, spec, measured))
     else:
         config = run_config(context.settings, concept, method)
-        run, _ = prepare_run(config, folder.root, resume=folder.is_run(), force=True, device=str(context.device))
+        run, _ = prepare_run(config, folder.root, resume=folder.is_run(), device=str(context.device))
+        measured: dict = {}
+
+        def measure(edit: Edit) -> dict[str, Distribution]:
+            with edit.applied(run.pipe):
+                measured.update(measure_model(context, ImageSource(run.pipe, context.settings).images, concept, spec))
+            return {run.order[0]: _distribution_from_dict(measured["distribution"])}
+
         try:
             run.run(on_round=lambda done: context.log(f"  {done.controller.images_used} images"))
-            edit: Edit = run.final_edit()
-            edit.save(folder.edit, force=True)
-            with edit.applied(run.pipe):
-                measured = measure_model(context, ImageSource(run.pipe, context.settings).images, concept, spec)
-            validation = {run.order[0]: _distribution_from_dict(measured["distribution"])}
-            summary = run.summary(validation)
-            status = summary["concepts"][0]
-            loop = {
-                "images": summary["images_total"],
-                "unet_evaluations": summary["unet_evaluations"],
-                "wall_time_s": summary["wall_time_s"],
-                "converged": status["converged"],
-                "reason": status["reason"],
-                "weights": status["weights"],
-                "preserved_prompts": len(summary["preserved_concepts"]),
-            }
+            summary = run.finish(measure=measure)
         finally:
             run.close()
+        status = summary["concepts"][0]
+        loop = {
+            "images": summary["images_total"],
+            "unet_evaluations": summary["unet_evaluations"],
+            "wall_time_s": summary["wall_time_s"],
+            "converged": status["converged"],
+            "reason": status["reason"],
+            "weights": status["weights"],
+            "preserved_prompts": len(summary["preserved_concepts"]),
+        }
     measurement = {
         "concept": concept,
         "profession": concept_profession(concept),
@@ -524,8 +531,7 @@ def bench_row(context: BenchContext, concept: str, method_name: str) -> dict:
         "loop": loop,
         **measured,
     }
-    _write_json(measurement_path, measurement)
-    _write_json(folder.summary, summary)
+    write_json(measurement_path, measurement)  # last: marks the row as done
     return measurement
 
 
@@ -641,25 +647,26 @@ def csv_table(rows: Sequence[dict]) -> str:
 # ---------------------------------------------------------------------------------------------- entry
 
 
-def check_out_dir(out: Path, settings: BenchSettings, force: bool) -> None:
-    """Refuse a folder made with other settings or holding something else (unless ``force``)."""
-    if force or not out.exists():
-        return
-    if not out.is_dir():
-        raise BenchError(f"{out} exists and is not a folder")
-    settings_path = out / SETTINGS_FILE
-    if not settings_path.is_file():
-        if any(out.iterdir()):
-            raise BenchError(f"{out} is not empty and is not a benchmark folder (use --force to replace it)")
-        return
+BENCH_FOLDER = FolderKind(
+    "bench", SETTINGS_FILE, legacy=lambda data: isinstance(data, dict) and {"concepts", "methods"} <= set(data)
+)
+"""A benchmark folder; one written before the kind marker is recognised by its settings file."""
+
+
+def bench_mode(out: Path, force: bool) -> Mode:
+    """``force`` replaces a benchmark folder; without it an existing benchmark folder is resumed."""
+    if force:
+        return "force"
+    return "resume" if folder_kind(out, [BENCH_FOLDER]) == BENCH_FOLDER.name else "fresh"
+
+
+def check_out_dir(out: Path, settings: BenchSettings, force: bool) -> bool:
+    """Refuse a folder made with other settings or holding something else (the rules of
+    :mod:`mist_debias.core.run_folder`); True when the benchmark starts afresh."""
     try:
-        stored = json.loads(settings_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise BenchError(f"{settings_path} is not readable JSON (use --force to replace the folder)") from None
-    mine = settings.to_dict()
-    differences = [key for key in sorted(set(stored) | set(mine)) if stored.get(key) != mine.get(key)]
-    if differences:
-        raise BenchError(f"{out} was made with other settings ({', '.join(differences[:4])}); use --force")
+        return check_run_folder(out, BENCH_FOLDER, bench_mode(out, force), settings.to_dict())
+    except RunFolderError as error:
+        raise BenchError(str(error)) from None
 
 
 def describe_sampler(scheduler) -> str:
@@ -681,15 +688,16 @@ def run_bench(
     out = Path(out)
     if not (settings.model_path / "model_index.json").is_file():
         raise BenchError(f"{settings.model_path} is not a diffusers pipeline folder (no model_index.json)")
-    check_out_dir(out, settings, force)
+    fresh = check_out_dir(out, settings, force)
     target_device = torch.device(device) if device else default_device()
     context = BenchContext(settings=settings, out=out, device=target_device, log=log or (lambda message: None))
     started = time.perf_counter()
     context.original_pipe()  # a model that does not load fails here, before anything is written
-    if force and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / SETTINGS_FILE, settings.to_dict())
+    if fresh:
+        settings_text = json.dumps(settings.to_dict(), indent=2) + "\n"
+        create_run_folder(out, BENCH_FOLDER, bench_mode(out, force), {SETTINGS_FILE: settings_text})
+    else:
+        mark_legacy(out, BENCH_FOLDER)
     context.ensure_reference()
     measurements = [bench_row(context, c, m) for c in settings.concepts for m in settings.methods]
     rows = table_rows(measurements)
@@ -703,7 +711,7 @@ def run_bench(
         "wall_time_s": round(time.perf_counter() - started, 3),
         "library_version": __version__,
     }
-    _write_json(out / TABLE_FILES[0], payload)
+    write_json(out / TABLE_FILES[0], payload)
     write_text_atomic(out / TABLE_FILES[1], csv_table(rows))
     write_text_atomic(out / TABLE_FILES[2], markdown_table(rows))
     return rows

@@ -83,7 +83,9 @@ def bench(
     eta: float = typer.Option(WORLD_ETA, "--eta", help="DDIM η (0: deterministic DDIM)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per generation batch."),
     official_images: int = typer.Option(128, "--official-images", help="Images per official-loop iteration."),
-    force: bool = typer.Option(False, "--force", help="Erase OUT first (default: reuse its finished runs)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace OUT, a benchmark folder (default: reuse its finished runs)."
+    ),
     device: str = typer.Option(None, "--device", help="torch device (default: CUDA, MPS or CPU)."),
 ) -> None:
     """Benchmark MIST (adaptive, official), UCE and TIME against the exact oracle; write bench.json/csv/md."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mist_debias.core.spec import AttributeSpec, Cell
+from mist_debias.core.spec import AttributeSpec, Cell, SpecError
 from mist_debias.measure.classifiers.base import CellPredictions
 from mist_debias.world.render import AGES, BACKGROUND_COLORS, GENDERS, IMAGE_SIZE, RACES, Attributes, palette
 
@@ -160,10 +160,10 @@ class WorldDecoder:
 def _normalise_value(axis: str, value: str) -> str:
     words = AXIS_WORDS.get(axis.lower())
     if words is None:
-        raise ValueError(f"the world oracle decodes axes {sorted(AXIS_WORDS)}, not {axis!r}")
+        raise SpecError(f"the world oracle decodes axes {sorted(AXIS_WORDS)}, not {axis!r}")
     canonical = words.get(value.lower())
     if canonical is None:
-        raise ValueError(f"the world oracle cannot recognise {axis}={value!r}; known: {sorted(set(words))}")
+        raise SpecError(f"the world oracle cannot recognise {axis}={value!r}; known: {sorted(set(words))}")
     return canonical
 
 
@@ -181,10 +181,10 @@ def cell_constraints(cell: Cell) -> dict[str, str]:
         for axis, words in AXIS_WORDS.items():
             if word in words:
                 if constraints.get(axis, words[word]) != words[word]:
-                    raise ValueError(f"cell {cell.phrase!r} names two values of {axis}")
+                    raise SpecError(f"cell {cell.phrase!r} names two values of {axis}")
                 constraints[axis] = words[word]
     if not constraints:
-        raise ValueError(f"cell {cell.phrase!r} names no attribute the world oracle decodes")
+        raise SpecError(f"cell {cell.phrase!r} names no attribute the world oracle decodes")
     return constraints
 
 

@@ -237,7 +237,7 @@ def test_folder_checks(evaluated, tmp_path):
     with pytest.raises(EvaluationError, match="already exists"):
         check_folder(folder, plan, resume=False, force=False)
     other = dataclasses.replace(plan, n=plan.n + 1)
-    with pytest.raises(EvaluationError, match="different n"):
+    with pytest.raises(EvaluationError, match=r"other settings \(n: 3 → 4\); --force replaces it"):
         check_folder(folder, other, resume=True, force=False)
     assert check_folder(folder, plan, resume=False, force=True) is True
     stranger = tmp_path / "stranger"
@@ -245,8 +245,9 @@ def test_folder_checks(evaluated, tmp_path):
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(EvaluationError, match="not an evaluation folder"):
         check_folder(stranger, plan, resume=False, force=True)
-    with pytest.raises(EvaluationError, match="already exists"):
+    with pytest.raises(EvaluationError, match="not an evaluation folder; refusing to use it"):
         check_folder(stranger, plan, resume=False, force=False)
+    assert [p.name for p in stranger.iterdir()] == ["notes.txt"]
     assert check_folder(tmp_path / "new", plan, resume=False, force=False) is True
     assert not (tmp_path / "new").exists()
 

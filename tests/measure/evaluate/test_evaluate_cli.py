@@ -44,6 +44,7 @@ def test_evaluate_then_resume_then_report(tiny_model, doctor_edit, prompt_file, 
     assert code == 0, err
     assert "8 images, 8 generated now" in err
     assert {p.name for p in out.iterdir()} == {
+        "run.json",
         "evaluation.json",
         "images",
         "metrics.json",

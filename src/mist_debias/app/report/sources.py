@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mist_debias.core.errors import MistError
+from mist_debias.core.run_folder import RunFolderError, read_jsonl
 from mist_debias.measure.evaluate import FORMAT, MANIFEST_FILE, METRICS_FILE, RESULTS_JSON
 
 SUMMARY_FILE = "summary.json"
@@ -101,21 +102,11 @@ def _read_json(path: Path) -> Any:
 
 
 def read_log(path: Path) -> list[dict]:
-    """One dict per non-empty line; a torn last line (a run killed mid-write) is ignored."""
-    entries = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            if number == len(lines):
-                break
-            raise ReportSourceError(f"{path}, line {number} is not valid JSON") from None
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
+    """The run log (:func:`~mist_debias.core.run_folder.read_jsonl`: a torn last line is dropped)."""
+    try:
+        return read_jsonl(path)
+    except RunFolderError as error:
+        raise ReportSourceError(str(error)) from None
 
 
 def read_evaluation(folder: Path) -> EvaluationSource:

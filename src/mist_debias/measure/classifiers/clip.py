@@ -32,6 +32,7 @@ import transformers
 from PIL import Image
 from transformers import AutoConfig, CLIPModel, CLIPTokenizer
 
+from mist_debias.core import choices
 from mist_debias.core.errors import MistError, one_line
 from mist_debias.core.prompts import indefinite_article
 from mist_debias.core.spec import AttributeSpec, natural_phrase
@@ -44,7 +45,7 @@ except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL/numpy imp
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of {a} {phrase}",)
-CLASSIFY_MODES = ("joint", "per-axis")
+CLASSIFY_MODES = choices.CLASSIFY_MODES
 
 
 class ClassifierError(MistError):
