@@ -192,6 +192,12 @@ class Comparison:
     after: Distribution
 
 
+def check_fits(edit: Edit, pipe: DiffusionPipeline) -> None:
+    """Raise :class:`~mist_debias.core.errors.EditFileError` (the CLI's message) unless ``edit`` was solved on
+    ``pipe``: applying checks its layers and base fingerprint, and reverting restores the weights bit-exactly."""
+    edit.apply(pipe).revert()
+
+
 class EditSession:
     """A pipeline with an edit's problem built once: re-solve any weights, compare images, save.
 
@@ -207,7 +213,7 @@ class EditSession:
         classifier: CellClassifier,
         generation: GenerationConfig,
     ) -> None:
-        source.edit.apply(pipe).revert()  # checks layers and base fingerprint; reverting is bit-exact
+        check_fits(source.edit, pipe)
         self.pipe = pipe
         self.source = source
         self.classifier = classifier
@@ -488,6 +494,7 @@ def open_session(options: AppOptions) -> EditSession:
         generation = source.run_config.generation.generation_config()
     device = torch.device(options.device) if options.device else default_device()
     pipe = load_pipeline(choice.path, device=device)
+    check_fits(source.edit, pipe)  # before loading a classifier, which may need the hub
     classifier_name = options.classifier or run_config.classifier.drive
     classifier = resolve_classifier(classifier_name, None if choice.is_world else choice.path, run_config, device)
     return EditSession(pipe, source, classifier, generation)
