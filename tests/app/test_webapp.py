@@ -192,6 +192,11 @@ def test_distribution_table_shows_shares_intervals_and_delta():
     assert x_row in lines
     assert "| unclassified | | 1 | 0 |" in lines
     assert "| Δ to target | | 1.000 | 0.500 |" in lines
+    nothing = Distribution.from_counts([0, 0], [0.5, 0.5], n_invalid=5)  # no image could be classified
+    lines = distribution_table(Comparison(concept, (0,), [], [], [], [], before, nothing)).splitlines()
+    assert "| unclassified | | 1 | 5 |" in lines
+    assert "| Δ to target | | 1.000 | – |" in lines
+    assert lines[4].startswith("| x | 50% | 100% (") and lines[4].endswith(" | – (0%–100%) |")
 
 
 # ------------------------------------------------------------------------------------------- browser
@@ -210,6 +215,12 @@ def chromium() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return executable
+
+
+LOADED_IMAGES = """gallery => {
+    const images = [...document.querySelectorAll(`${gallery} img`)];
+    return images.length === 8 && images.every(image => image.complete && image.naturalWidth >= 32);
+}"""
 
 
 def free_port() -> int:
@@ -232,7 +243,7 @@ def test_page_in_chromium_change_weight_generate_save(tmp_path, capsys):
             tab = browser.new_page()
             tab.set_default_timeout(WAIT_MS)
             tab.goto(f"http://127.0.0.1:{port}/")
-            for cell, value in (("0-0", "-1"), ("0-1", "1")):
+            for cell, value in (("0-0", "-1"), ("0-1", "1")):  # typed in quick succession
                 box = tab.locator(f"#weight-{cell} input[type=number]")
                 box.fill(value)
                 box.press("Enter")
@@ -241,8 +252,11 @@ def test_page_in_chromium_change_weight_generate_save(tmp_path, capsys):
             table = tab.locator("#distribution-0")
             expect(table).to_contain_text("Δ to target", timeout=WAIT_MS)
             rows = {cells[0]: cells[1:] for cells in (row.split("\t") for row in table.inner_text().splitlines())}
-            assert len(tab.locator("#original-0 img").all()) == 8
-            assert len(tab.locator("#edited-0 img").all()) == 8
+            for gallery in ("#original-0", "#edited-0"):  # eight images each, every one loaded and drawn
+                tab.wait_for_function(LOADED_IMAGES, arg=gallery, timeout=WAIT_MS)
+                captions = tab.locator(f"{gallery} img").evaluate_all("images => images.map(i => i.alt)")
+                assert captions == [caption for caption in captions if caption.startswith("seed ")]
+                assert len(captions) == 8
             # the world's doctor is drawn as a man on these seeds; weights −1, +1 turn every image into a woman
             assert [cell.split(" ")[0] for cell in rows["man"]] == ["50%", "100%", "0%"]
             assert [cell.split(" ")[0] for cell in rows["woman"]] == ["50%", "0%", "100%"]

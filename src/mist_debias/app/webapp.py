@@ -223,7 +223,7 @@ class EditSession:
         projections = [p for p in find_cross_attention_projections(pipe.unet) if p.name in layers]
         self.original = {p.name: p.module.weight.detach().to(torch.float64).clone() for p in projections}
         self.problem = problem_from_info(PromptEncoder(pipe), source.edit.info, self.concepts)
-        self._original_images: dict[tuple[str, tuple[int, ...]], list[Image.Image]] = {}
+        self._original_images: dict[str, tuple[tuple[int, ...], list[Image.Image]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -252,6 +252,14 @@ class EditSession:
     def _images(self, prompt: str, seeds: tuple[int, ...]) -> list[Image.Image]:
         return generate_images(self.pipe, [prompt] * len(seeds), seeds, self.generation)
 
+    def _originals(self, prompt: str, seeds: tuple[int, ...]) -> list[Image.Image]:
+        """Unedited images of ``prompt`` on ``seeds``; the last seeds of each prompt are cached."""
+        cached_seeds, images = self._original_images.get(prompt, ((), []))
+        if cached_seeds != seeds:
+            images = self._images(prompt, seeds)
+            self._original_images[prompt] = (seeds, images)
+        return images
+
     def _classify(self, images: list[Image.Image], spec: AttributeSpec) -> tuple[Distribution, list[str]]:
         predictions = self.classifier.classify(images, spec)
         labels = [spec.phrases[k] if k >= 0 else "unclassified" for k in predictions.labels]
@@ -261,18 +269,13 @@ class EditSession:
         return distribution, labels
 
     def compare(self, weights: Sequence[Sequence[float]], seeds: Sequence[int]) -> list[Comparison]:
-        """Every concept on ``seeds`` without and with the edit solved for ``weights`` (originals are cached)."""
+        """Every concept on ``seeds`` without and with the edit solved for ``weights``."""
         seeds = tuple(int(s) for s in seeds)
         if not seeds:
             raise MistError("at least one seed is needed")
         edit = self.solve(weights)
         with self._lock:
-            originals = []
-            for concept in self.concepts:
-                key = (concept.prompts.prompt, seeds)
-                if key not in self._original_images:
-                    self._original_images[key] = self._images(concept.prompts.prompt, seeds)
-                originals.append(self._original_images[key])
+            originals = [self._originals(concept.prompts.prompt, seeds) for concept in self.concepts]
             with edit.applied(self.pipe):
                 edited = [self._images(concept.prompts.prompt, seeds) for concept in self.concepts]
         comparisons = []
@@ -298,6 +301,10 @@ def _percent(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{100 * x:.0f}%"
 
 
+def _number(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.3f}"
+
+
 def distribution_table(comparison: Comparison) -> str:
     """Markdown: per cell the target and the original and edited shares with their simultaneous intervals."""
     before, after = comparison.before, comparison.after
@@ -317,7 +324,7 @@ def distribution_table(comparison: Comparison) -> str:
         )
     lines += [
         f"| unclassified | | {before.n_invalid} | {after.n_invalid} |",
-        f"| Δ to target | | {before.deviation:.3f} | {after.deviation:.3f} |",
+        f"| Δ to target | | {_number(before.deviation)} | {_number(after.deviation)} |",
     ]
     return "\n".join(lines)
 
@@ -396,8 +403,12 @@ def build_page(session: EditSession, out: Path, description: str = ""):
         galleries, tables = [], []
         for i, concept in enumerate(concepts):
             with gr.Row():
-                galleries.append(gr.Gallery(label=f"{concept.name}: original", columns=4, elem_id=f"original-{i}"))
-                galleries.append(gr.Gallery(label=f"{concept.name}: edited", columns=4, elem_id=f"edited-{i}"))
+                galleries.append(
+                    gr.Gallery(label=f"{concept.name}: original", columns=4, height="auto", elem_id=f"original-{i}")
+                )
+                galleries.append(
+                    gr.Gallery(label=f"{concept.name}: edited", columns=4, height="auto", elem_id=f"edited-{i}")
+                )
             tables.append(gr.Markdown(elem_id=f"distribution-{i}"))
         with gr.Row():
             path = gr.Textbox(value=str(out), label="save as", elem_id="save-path")
@@ -445,8 +456,15 @@ def build_page(session: EditSession, out: Path, description: str = ""):
                 return f"error: {error}"
             return f"saved {str(target).strip()} ({weights_text(concepts, weights)})"
 
-        for slider in sliders:
-            slider.change(on_weights, inputs=sliders, outputs=solve_status)
+        # one listener for every slider, run one at a time: the status always ends on the latest weights
+        gr.on(
+            [slider.change for slider in sliders],
+            on_weights,
+            inputs=sliders,
+            outputs=solve_status,
+            trigger_mode="always_last",
+            concurrency_limit=1,
+        )
         generate.click(on_generate, inputs=[*sliders, first_seed, count], outputs=[*galleries, *tables, solve_status])
         save.click(on_save, inputs=[*sliders, path, replace], outputs=save_status)
     return page
