@@ -112,6 +112,10 @@ def test_edit_of_another_model_is_refused_with_the_cli_message(sd1_dir, sd1_edit
     assert code == 2
     assert app_err == export_err == f"error: {refused.value}\n"
     assert "another base model" in app_err
+    (tmp_path / "empty").mkdir()
+    for edit, message in ((tmp_path / "missing.safetensors", "edit file not found"), (tmp_path / "empty", "not a run")):
+        code, err = run_cli(capsys, "app", other, "--edit", edit)
+        assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 def test_run_folder_gives_its_spec_sampler_and_classifier(tmp_path, capsys):
@@ -229,8 +233,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_page_in_chromium_change_weight_generate_save(tmp_path, capsys):
+def test_page_in_chromium_change_weight_generate_save(tmp_path, capsys, monkeypatch):
     executable = chromium()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # the page's image files
     from playwright.sync_api import expect, sync_playwright
 
     start = mist_edit(capsys, bundled_world_path(), tmp_path / "doctor.safetensors", "0.3,0.6")
