@@ -395,7 +395,9 @@ def build_page(session: EditSession, out: Path, description: str = ""):
                             elem_id=f"weight-{i}-{j}",
                         )
                     )
-        solve_status = gr.Markdown(elem_id="solve-status")
+        solve_status = gr.Markdown(
+            "weights of the file: " + weights_text(concepts, session.initial_weights), elem_id="solve-status"
+        )
         with gr.Row():
             first_seed = gr.Number(value=0, precision=0, label="first seed", elem_id="first-seed")
             count = gr.Number(value=8, precision=0, minimum=1, label="images per side", elem_id="image-count")
