@@ -387,3 +387,22 @@ def main(argv: list[str] | None = None) -> None:
 
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+@app.command("app")
+def app_command(
+    model: Annotated[
+        str, typer.Argument(help="Hub id, local pipeline folder, or 'world' (the bundled world).")
+    ] = "world",
+    edit_file: Annotated[Path, typer.Option("--edit", help="Edit file or run folder to start from.")] = Path(
+        "runs/debias"
+    ),
+    out: Annotated[Path | None, typer.Option("--out", help="Default file for Save (NAME-app.safetensors).")] = None,
+    classifier: Annotated[str | None, typer.Option("--classifier", help="CLIP id/folder or 'oracle'.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Local port (default: Gradio's).")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
+) -> None:
+    """Interactive page: move each cell's weight, compare original and edited images on the same seeds, save."""
+    from mist_debias.app.webapp import AppOptions, serve
+
+    serve(AppOptions(model, edit_file, out, classifier, device, port=port))
