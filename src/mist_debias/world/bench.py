@@ -69,9 +69,10 @@ from mist_debias.core.prompts import concept_prompt
 from mist_debias.core.spec import AttributeSpec, Axis
 from mist_debias.loop.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
 from mist_debias.loop.debias import RunFolder
-from mist_debias.loop.runner import ORACLE, is_bundled_world, prepare_run
+from mist_debias.loop.runner import ORACLE, prepare_run
 from mist_debias.measure.evaluate import pixel_change
 from mist_debias.measure.metrics import Distribution
+from mist_debias.profiles.world import WORLD
 from mist_debias.world.bias import PROFESSIONS
 from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE, bundled_world_path
 from mist_debias.world.oracle import WorldOracle
@@ -221,7 +222,7 @@ def concept_spec(concept: str) -> AttributesConfig:
 def run_config(settings: BenchSettings, concept: str, method: BenchMethod) -> RunConfig:
     """The debias run config of one edited (concept, method) row; every method shares sampler, seed, budget."""
     profession = concept_profession(concept)
-    bundled = settings.model is None or is_bundled_world(settings.model)
+    bundled = settings.model_path.resolve() == WORLD.pipeline.resolve()
     base = RunConfig(
         model=None if bundled else str(settings.model_path),
         concepts=(ConceptConfig(profession, attributes=concept_spec(concept)),),
@@ -494,7 +495,9 @@ def bench_row(context: BenchContext, concept: str, method_name: str) -> dict:
         summary = _original_summary(concept, spec, measured)
     else:
         config = run_config(context.settings, concept, method)
-        run, _ = prepare_run(config, folder.root, resume=folder.is_run(), force=True, device=str(context.device))
+        run, _ = prepare_run(
+            config, folder.root, resume=folder.is_run(), force=True, device=str(context.device), profile=WORLD
+        )
         try:
             run.run(on_round=lambda done: context.log(f"  {done.controller.images_used} images"))
             edit: Edit = run.final_edit()
