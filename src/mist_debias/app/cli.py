@@ -18,7 +18,7 @@ from mist_debias import __version__
 from mist_debias.app.choices import DtypeChoice
 from mist_debias.app.environment import choose_threads, quiet_libraries
 from mist_debias.app.evaluate_cli import evaluate_command, report_command
-from mist_debias.app.models import MODEL_HELP, resolve_model, sampler_defaults
+from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
 from mist_debias.app.output import stderr_console, stdout_console
 from mist_debias.core.errors import MistError
 from mist_debias.world.cli import world_app
@@ -66,10 +66,6 @@ def _load(model: str, device: str | None, dtype: DtypeChoice):
     from mist_debias.core.pipeline import DTYPES, load_pipeline
 
     return load_pipeline(model, device=device, dtype=DTYPES[dtype.value])
-
-
-GENERIC_SAMPLER = {"steps": 20, "guidance": 7.5, "eta": 0.0, "batch_size": 8}
-"""``mist generate``'s sampler on a model without a profile."""
 
 
 @app.command()

@@ -14,16 +14,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mist_debias.app.choices import DtypeChoice
-from mist_debias.app.models import MODEL_HELP, resolve_model, sampler_defaults
+from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
 from mist_debias.app.output import stderr_console
 from mist_debias.core.errors import MistError
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-GENERIC_SAMPLER = {"steps": 20, "guidance": 7.5, "eta": 0.0, "batch_size": 8}
-"""``mist evaluate``'s sampler on a model without a profile."""
-GENERIC_CLASSIFIER = "openai/clip-vit-base-patch32"
 
 
 class ClassifierMode(str, Enum):
@@ -66,7 +62,7 @@ def evaluate_command(
         str | None,
         typer.Option(
             "--classifier",
-            help=f"CLIP id or folder, or 'oracle' (the model profile's own, its default; else {GENERIC_CLASSIFIER}).",
+            help="CLIP id or folder, or 'oracle' (the model profile's own). Default: the profile's, else CLIP B/32.",
         ),
     ] = None,
     classifier_mode: Annotated[ClassifierMode, typer.Option("--classifier-mode")] = ClassifierMode.joint,
@@ -140,7 +136,9 @@ def evaluate_command(
     except ValueError as error:
         raise MistError(str(error)) from None
     if classifier is None:
-        classifier = ORACLE if profile is not None and profile.classifier is not None else GENERIC_CLASSIFIER
+        from mist_debias.measure.classifiers.clip import DEFAULT_CLIP_MODEL
+
+        classifier = ORACLE if profile is not None and profile.classifier is not None else DEFAULT_CLIP_MODEL
     classifier_factory = own_classifier(profile, typed_model) if classifier == ORACLE else None
     matrix = load_confusion(confusion, spec) if confusion else None
     edits = [Edit.load(path) for path in edit_file or []]

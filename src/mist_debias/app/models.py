@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
 MODEL_HELP = "Hub id, local diffusers pipeline folder, or a model profile's name ('world': the synthetic world)."
 SAMPLER_OPTIONS = ("steps", "guidance", "eta")
+GENERIC_SAMPLER = {"steps": 20, "guidance": 7.5, "eta": 0.0, "batch_size": 8}
+"""The sampler of ``mist generate`` and ``mist evaluate`` on a model without a profile."""
 
 
 def resolve_model(model: str | None) -> tuple[str, ModelProfile | None]:
