@@ -379,6 +379,10 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors print one line on stderr and exit with code 2."""
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        # answered before typer, whose parameter conversion imports pydantic (a third of the start-up time)
+        typer.echo(__version__)
+        return
     quiet_libraries()
     choose_threads()
     try:
