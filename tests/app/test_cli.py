@@ -1,10 +1,13 @@
 """The CLI end to end, in process: outputs, manifests, and one-line errors with exit code 2 for bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from mist_debias.app.cli import main
 from mist_debias.core.edit import Edit
@@ -161,3 +164,148 @@ def test_only_user_errors_become_one_line_and_bugs_keep_their_traceback(monkeypa
     monkeypatch.setattr(Edit, "load", staticmethod(bug))
     with pytest.raises(ValueError, match="internal invariant broken"):
         main(["info", str(tmp_path / "x.safetensors")])
+
+
+# ------------------------------------------------------------------------------- model profiles (the world)
+
+WORLD_SAMPLER_LINE = (
+    "using the world's sampler: 20 steps, guidance 1.5, η 0.75 (override with --guidance/--eta/--steps)"
+)
+
+
+def test_generate_on_the_world_uses_the_loops_sampler(tmp_path, capsys):
+    from mist_debias.core.generate import GenerationConfig, generate_images
+    from mist_debias.core.pipeline import load_pipeline
+    from mist_debias.world.bundled import bundled_world_path
+
+    out = tmp_path / "images"
+    code, _, err = run(
+        capsys, "generate", "world", "--prompt", "a photo of a doctor", "--n", 2, "--seed", 7, "--out", out
+    )
+    assert code == 0, err
+    assert err.splitlines()[0] == WORLD_SAMPLER_LINE
+    manifest = json.loads((out / "manifest.json").read_text())
+    loop_sampler = GenerationConfig(steps=20, guidance=1.5, eta=0.75, batch_size=64)  # the README's main job
+    assert manifest["generation"] == loop_sampler.to_dict()
+    pipe = load_pipeline(bundled_world_path(), device="cpu")
+    expected = generate_images(pipe, ["a photo of a doctor"] * 2, [7, 8], loop_sampler)
+    for image, entry in zip(expected, manifest["images"], strict=True):
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(out / entry["file"])))
+
+
+def test_explicit_sampler_flags_win_on_the_world(tmp_path, capsys):
+    out = tmp_path / "images"
+    args = ["generate", "world", "--prompt", "a photo of a nurse", "--n", 1, "--out", out]
+    code, _, err = run(capsys, *args, "--steps", 2, "--guidance", 7.5, "--eta", 0, "--batch-size", 4)
+    assert code == 0, err
+    assert "using the" not in err
+    generation = json.loads((out / "manifest.json").read_text())["generation"]
+    assert (generation["steps"], generation["guidance"], generation["eta"], generation["batch_size"]) == (2, 7.5, 0, 4)
+
+
+def test_without_a_profile_generate_keeps_its_own_defaults(sd1_dir, tmp_path, capsys):
+    out = tmp_path / "images"
+    code, _, err = run(
+        capsys, "generate", sd1_dir, "--prompt", "a doctor", "--n", 1, "--height", 32, "--width", 32, "--out", out
+    )
+    assert code == 0, err
+    assert "using the" not in err
+    generation = json.loads((out / "manifest.json").read_text())["generation"]
+    assert (generation["steps"], generation["guidance"], generation["eta"], generation["batch_size"]) == (20, 7.5, 0, 8)
+
+
+def test_the_world_alias_in_edit_export_and_evaluate(tmp_path, capsys):
+    from mist_debias.world.bundled import bundled_world_path
+
+    edit = tmp_path / "doctor.safetensors"
+    gender = ["--attribute", "a photo of a man", "--attribute", "a photo of a woman"]
+    code, _, err = run(
+        capsys, "edit", "world", "--concept", "a photo of a doctor", *gender, "--weights", "0.1,-0.1", "--out", edit
+    )
+    assert code == 0, err
+    assert Edit.load(edit).info["base_model"] == str(bundled_world_path())
+    code, _, err = run(capsys, "export", "world", edit, "--out", tmp_path / "lora", "--format", "lora")
+    assert code == 0, err
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,concept\na photo of a doctor,doctor\n")
+    out = tmp_path / "eval"
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "world",
+        "--prompts",
+        prompts,
+        "--n",
+        2,
+        "--axis",
+        "gender=man,woman",
+        "--steps",
+        2,
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    assert "using the world's sampler: 2 steps, guidance 1.5, η 0.75" in err
+    manifest = json.loads((out / "evaluation.json").read_text())
+    assert manifest["plan"]["classifier"] == "oracle"
+    assert manifest["plan"]["generation"]["guidance"] == 1.5
+
+
+def test_the_oracle_of_a_model_without_one_is_refused(sd1_dir, tmp_path, capsys):
+    args = ["evaluate", sd1_dir, "--prompts", "professions", "--n", 1, "--axis", "gender=man,woman"]
+    assert_one_line_error(capsys, [*args, "--classifier", "oracle", "--out", tmp_path / "e"], "has no oracle", tmp_path)
+    args = ["debias", sd1_dir, "--concept", "doctor", "--axis", "gender=man,woman", "--classifier", "oracle"]
+    assert_one_line_error(capsys, [*args, "--out", tmp_path / "d"], "has no oracle", tmp_path)
+
+
+def test_a_mistyped_hub_id_is_one_complete_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mist_debias",
+            "generate",
+            "CompVis/stable-difusion-v1-4",
+            "--prompt",
+            "a doctor",
+            "--out",
+            str(tmp_path / "g"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: cannot load model 'CompVis/stable-difusion-v1-4': not a local folder and the hub is unreachable or "
+        "has no such repository"
+    ]
+    assert not (tmp_path / "g").exists()
+
+
+def test_debias_without_a_terminal_prints_plain_lines_and_wide_tables(tmp_path):
+    out = tmp_path / "run"
+    args = ["debias", "world", "--budget", "64", "--batch-size", "32", "--steps", "5", "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "mist_debias", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "TERM": "dumb"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "\x1b" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert lines[0] == WORLD_SAMPLER_LINE.replace("20 steps", "5 steps")
+    rounds = [line for line in lines if line.startswith("doctor: it ")]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(rounds) == len(log) >= 1
+    for line, entry in zip(rounds, log, strict=True):
+        weights = " ".join(f"{w:+.4f}" for w in entry["weights"])
+        assert f"it {entry['iteration'] + 1}, {entry['images_total']} images, weights {weights}, ratios " in line
+        assert f"{entry['ratios'][0]:.2f}[{entry['lower'][0]:.2f},{entry['upper'][0]:.2f}]" in line
+    table = result.stdout.splitlines()
+    assert max(map(len, table)) > 80  # not squeezed to 80 columns
+    assert sum(line.lstrip("│ ").startswith("doctor") for line in table) == 1  # one row, not wrapped

@@ -16,6 +16,7 @@ from mist_debias.core.run_folder import create_run_folder, folder_kind
 from mist_debias.loop.debias import DEBIAS_FOLDER
 from mist_debias.loop.runner import run_preserve_prompts
 from mist_debias.measure.metrics import wilson_interval
+from mist_debias.profiles.world import WORLD
 from mist_debias.world.bench import (
     BENCH_METHODS,
     BenchContext,
@@ -276,11 +277,11 @@ def test_any_world_folder_preserves_what_the_bundled_world_preserves(tmp_path, m
     standin = run_config(BenchSettings(model=str(tmp_path)), "CEO", BENCH_METHODS[method])
     bundled = run_config(BenchSettings(), "CEO", BENCH_METHODS[method])
     expected = ["", *(f"a photo of {'an' if p[0] in 'aeiou' else 'a'} {p}" for p in PROFESSIONS if p != "CEO")]
-    assert run_preserve_prompts(standin) == run_preserve_prompts(bundled) == expected
+    assert run_preserve_prompts(standin, WORLD) == run_preserve_prompts(bundled, WORLD) == expected
     assert standin.generation == bundled.generation
     assert (bundled.generation.guidance, bundled.generation.eta) == (WORLD_GUIDANCE, WORLD_ETA)
     paper = run_config(BenchSettings(model=str(tmp_path)), "CEO", BENCH_METHODS["mist-official-paper"])
-    assert run_preserve_prompts(paper) == [""]
+    assert run_preserve_prompts(paper, WORLD) == [""]
     assert paper.controller.options == {"n_images": 128, "step": 0.1}
 
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from mist_debias import __version__
 from mist_debias.app.choices import ControllerChoice, DtypeChoice, KeysChoice, MethodChoice, PreserveChoice
+from mist_debias.app.environment import choose_threads, quiet_libraries
 from mist_debias.app.evaluate_cli import evaluate_command, report_command
+from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
+from mist_debias.app.output import stderr_console, stdout_console
 from mist_debias.core.errors import MistError
-from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE
 from mist_debias.world.cli import world_app
 
 app = typer.Typer(
@@ -56,7 +57,7 @@ def _load(model: str, device: str | None, dtype: DtypeChoice):
 
 @app.command()
 def edit(
-    model: Annotated[str, typer.Argument(help="Hub id or local diffusers pipeline folder.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     concept: Annotated[list[str], typer.Option("--concept", help="Concept prompt to edit (repeatable).")],
     attribute: Annotated[list[str], typer.Option("--attribute", help="Attribute prompt (repeatable, in order).")],
     weights: Annotated[str, typer.Option("--weights", help="One weight per attribute: W1,W2,...")],
@@ -93,6 +94,7 @@ def edit(
         preserve_scale=preserve_scale,
     )
     check_output_path(out, force)
+    model, _ = resolve_model(model)
     pipe = _load(model, device, dtype)
     layers = find_projections(pipe, projections=[p.strip() for p in projections.split(",")])
     preserve_prompts = ([] if no_empty_preserve else [""]) + list(preserve or [])
@@ -119,12 +121,12 @@ def edit(
         "concepts": [{"prompt": c.prompt, "attributes": list(c.attributes), "weights": weight_list} for c in concepts],
     }
     Edit.from_update(update, layers, info).save(out, force=force)
-    Console(stderr=True).print(f"wrote {out} (rank {problem.rank_bound}, {len(layers)} layers)")
+    stderr_console().print(f"wrote {out} (rank {problem.rank_bound}, {len(layers)} layers)")
 
 
 @app.command()
 def export(
-    model: Annotated[str, typer.Argument(help="Base model the edit was solved on.")],
+    model: Annotated[str, typer.Argument(help="Base model the edit was solved on: " + MODEL_HELP)],
     edit_file: Annotated[Path, typer.Argument(help="Edit file (.safetensors).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write.")],
     format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.diffusers,
@@ -139,6 +141,7 @@ def export(
 
     loaded = Edit.load(edit_file)
     check_output_path(out, force)
+    model, _ = resolve_model(model)
     pipe = _load(model, device, DtypeChoice.float32)
     if format is ExportFormat.lora:
         from mist_debias.app.model_card import export_lora_with_card
@@ -146,24 +149,28 @@ def export(
         export_lora_with_card(loaded, pipe, out, model, edit_file, scale=scale, force=force)
     else:
         loaded.export_pipeline(pipe, out, scale=scale, force=force)
-    Console(stderr=True).print(f"wrote {out} ({format.value})")
+    stderr_console().print(f"wrote {out} ({format.value})")
 
 
 @app.command()
 def generate(
-    model: Annotated[str, typer.Argument(help="Hub id or local diffusers pipeline folder.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     prompt: Annotated[str, typer.Option("--prompt")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write PNGs and manifest.json into.")],
     edit_file: Annotated[Path | None, typer.Option("--edit", help="Edit file to apply first.")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed + i.")] = 0,
-    steps: Annotated[int, typer.Option("--steps")] = 20,
-    guidance: Annotated[float, typer.Option("--guidance")] = 7.5,
-    eta: Annotated[float, typer.Option("--eta", help="DDIM η (0: deterministic DDIM).")] = 0.0,
+    steps: Annotated[int | None, typer.Option("--steps", help="Default: the model's sampler, else 20.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Default: the model's sampler, else 7.5.")
+    ] = None,
+    eta: Annotated[
+        float | None, typer.Option("--eta", help="DDIM η (0: deterministic DDIM). Default: the model's, else 0.")
+    ] = None,
     height: Annotated[int | None, typer.Option("--height")] = None,
     width: Annotated[int | None, typer.Option("--width")] = None,
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Default: the model's, else 8.")] = None,
     scale: Annotated[float, typer.Option("--scale", help="Strength α of the edit.")] = 1.0,
     device: Annotated[str | None, typer.Option("--device")] = None,
     dtype: Annotated[DtypeChoice, typer.Option("--dtype")] = DtypeChoice.float32,
@@ -178,8 +185,12 @@ def generate(
         raise MistError(f"--n must be positive, got {n}")
     if not prompt.strip():
         raise MistError("--prompt is empty")
+    model, profile = resolve_model(model)
+    sampler = sampler_defaults(profile, GENERIC_SAMPLER, steps=steps, guidance=guidance, eta=eta, batch_size=batch_size)
     try:
-        config = GenerationConfig(steps, guidance, height, width, negative_prompt, batch_size, eta)
+        config = GenerationConfig(
+            sampler["steps"], sampler["guidance"], height, width, negative_prompt, sampler["batch_size"], sampler["eta"]
+        )
     except ValueError as error:
         raise MistError(str(error)) from None
     loaded = Edit.load(edit_file) if edit_file else None
@@ -209,7 +220,7 @@ def generate(
             "library_version": __version__,
         }
         (temp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    Console(stderr=True).print(f"wrote {n} images to {out}")
+    stderr_console().print(f"wrote {n} images to {out}")
 
 
 @app.command()
@@ -225,7 +236,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(metadata, indent=2))
         return
-    console = Console()
+    console = stdout_console()
     console.print(f"[bold]{edit_file}[/bold]  format {metadata['format']} v{metadata['format_version']}")
     for key in (
         "library_version",
@@ -249,16 +260,9 @@ def info(
             console.print(f"    {weight:+.4f}  {attribute}")
 
 
-WORLD_DEMO_CONCEPT = "doctor"
-WORLD_DEMO_AXIS = "gender=man,woman"
-WORLD_BATCH_SIZE = 64
-
-
 @app.command()
 def debias(
-    model: Annotated[
-        str | None, typer.Argument(help="Hub id or local folder; default: the bundled synthetic world.")
-    ] = None,
+    model: Annotated[str | None, typer.Argument(help=MODEL_HELP + " Default: the bundled synthetic world.")] = None,
     concept: Annotated[list[str] | None, typer.Option("--concept", help="Concept to debias (repeatable).")] = None,
     axis: Annotated[list[str] | None, typer.Option("--axis", help="Axis NAME=v1,v2,... (repeatable).")] = None,
     cell: Annotated[list[str] | None, typer.Option("--cell", help="Explicit cell phrase (repeatable).")] = None,
@@ -270,7 +274,7 @@ def debias(
     tolerance: Annotated[float | None, typer.Option("--tolerance", help="Largest allowed |r − t| (0.05).")] = None,
     budget: Annotated[int | None, typer.Option("--budget", help="Cap on generated images.")] = None,
     classifier: Annotated[
-        str | None, typer.Option("--classifier", help="CLIP id/folder, or 'oracle' (synthetic world).")
+        str | None, typer.Option("--classifier", help="CLIP id/folder, or 'oracle' (the model profile's own).")
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/debias"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
@@ -291,7 +295,7 @@ def debias(
 ) -> None:
     """Debias concepts with the feedback loop and write the run folder (config, log, edit, summary)."""
     from mist_debias.loop.config import AttributesConfig, RunConfig, load_config
-    from mist_debias.loop.runner import is_bundled_world, prepare_run
+    from mist_debias.loop.runner import prepare_run
 
     if validate < 0:
         raise MistError(f"--validate must be ≥ 0, got {validate}")
@@ -301,14 +305,14 @@ def debias(
     attributes = AttributesConfig.from_cli(axis or (), cell or (), target or ()) if (axis or cell) else None
     if target and not (axis or cell):
         raise MistError("--target needs --axis or --cell")
-    world_defaults = config_file is None and is_bundled_world(model or config.model)
-    if world_defaults and not concept and attributes is None:
-        # the synthetic world's demo: its most biased planted concept, over gender
-        concept = [WORLD_DEMO_CONCEPT]
-        attributes = AttributesConfig.from_cli([WORLD_DEMO_AXIS], (), ())
-    world_guidance = WORLD_GUIDANCE if world_defaults else None
-    world_eta = WORLD_ETA if world_defaults else None
-    world_batch = WORLD_BATCH_SIZE if world_defaults else None
+    _, profile = resolve_model(model if model is not None else config.model)
+    sampler = {"steps": steps, "guidance": guidance, "eta": eta, "batch_size": batch_size}
+    if config_file is None and profile is not None:
+        # a profile's sampler, and its demo when no concepts are given
+        if not concept and attributes is None and profile.demo_concepts:
+            concept = list(profile.demo_concepts)
+            attributes = AttributesConfig.from_cli(profile.demo_axes, (), ())
+        sampler = sampler_defaults(profile, None, **sampler)
     config = config.with_overrides(
         {
             "model": model,
@@ -319,18 +323,18 @@ def debias(
             "budget": budget,
             "classifier.drive": classifier,
             "seed": seed,
-            "generation.steps": steps,
-            "generation.guidance": guidance if guidance is not None else world_guidance,
-            "generation.eta": eta if eta is not None else world_eta,
-            "generation.batch_size": batch_size if batch_size is not None else world_batch,
+            "generation.steps": sampler["steps"],
+            "generation.guidance": sampler["guidance"],
+            "generation.eta": sampler["eta"],
+            "generation.batch_size": sampler["batch_size"],
             "generation.dtype": dtype.value if dtype else None,
             "edit.method": method.value if method else None,
             "edit.keys": keys.value if keys else None,
             "edit.preserve": preserve.value if preserve else None,
         }
     )
-    run, replayed = prepare_run(config, out, resume=resume, force=force, device=device)
-    console = Console(stderr=True)
+    run, replayed = prepare_run(config, out, resume=resume, force=force, device=device, profile=profile)
+    console = stderr_console()
     preserved = [repr(p) for p in run.problem.preserve_prompts]
     console.print(
         f"run folder {out}; preserving {len(preserved)} prompts: {', '.join(preserved[:8])}"
@@ -344,7 +348,7 @@ def debias(
         run.run(on_round=progress.update)
     summary = run.finish(validate=validate)
     run.close()
-    Console().print(summary_table(summary))
+    stdout_console().print(summary_table(summary))
 
 
 app.command("evaluate")(evaluate_command)
@@ -365,9 +369,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors (:class:`~mist_debias.core.errors.MistError` and click's usage
     errors) print one line on stderr and exit with code 2. Any other exception is a bug and propagates with
     its traceback."""
-    from mist_debias.core.pipeline import quiet_libraries
-
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        # answered before typer, whose parameter conversion imports pydantic (a third of the start-up time)
+        typer.echo(__version__)
+        return
     quiet_libraries()
+    choose_threads()
     try:
         app(args=argv, standalone_mode=False)
     except typer.Exit as done:

@@ -8,13 +8,17 @@ point prints it and exits with 2).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from mist_debias.app.choices import ClassifyModeChoice, DtypeChoice
+from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
+from mist_debias.app.output import stderr_console
 from mist_debias.core.errors import MistError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def edited_prompts(info: dict) -> tuple[str, ...]:
@@ -38,7 +42,7 @@ def select_concepts(records: list, concepts: list[str]) -> list:
 
 
 def evaluate_command(
-    model: Annotated[str, typer.Argument(help="Hub id or local diffusers pipeline folder (the original).")],
+    model: Annotated[str, typer.Argument(help="The original model: " + MODEL_HELP)],
     prompts: Annotated[str, typer.Option("--prompts", help="Built-in prompt set name or a CSV/YAML file.")],
     out: Annotated[Path, typer.Option("--out", help="Evaluation folder to write.")],
     edit_file: Annotated[
@@ -49,8 +53,12 @@ def evaluate_command(
     ] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Base seed: image i of prompt p uses seed + p·n + i.")] = 0,
     classifier: Annotated[
-        str, typer.Option("--classifier", help="CLIP hub id or folder, or 'oracle' (synthetic world).")
-    ] = "openai/clip-vit-base-patch32",
+        str | None,
+        typer.Option(
+            "--classifier",
+            help="CLIP id or folder, or 'oracle' (the model profile's own). Default: the profile's, else CLIP B/32.",
+        ),
+    ] = None,
     classifier_mode: Annotated[ClassifyModeChoice, typer.Option("--classifier-mode")] = ClassifyModeChoice.joint,
     axis: Annotated[list[str] | None, typer.Option("--axis", help="Axis NAME=v1,v2,... (repeatable).")] = None,
     cell: Annotated[list[str] | None, typer.Option("--cell", help="Explicit cell phrase (repeatable).")] = None,
@@ -67,13 +75,17 @@ def evaluate_command(
     change_threshold: Annotated[
         float, typer.Option("--change-threshold", help="Mean |Δpixel| (0–1) above which an image counts changed.")
     ] = 0.02,
-    steps: Annotated[int, typer.Option("--steps")] = 20,
-    guidance: Annotated[float, typer.Option("--guidance")] = 7.5,
-    eta: Annotated[float, typer.Option("--eta", help="DDIM η (0: deterministic DDIM).")] = 0.0,
+    steps: Annotated[int | None, typer.Option("--steps", help="Default: the model's sampler, else 20.")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Default: the model's sampler, else 7.5.")
+    ] = None,
+    eta: Annotated[
+        float | None, typer.Option("--eta", help="DDIM η (0: deterministic DDIM). Default: the model's, else 0.")
+    ] = None,
     height: Annotated[int | None, typer.Option("--height")] = None,
     width: Annotated[int | None, typer.Option("--width")] = None,
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Default: the model's, else 8.")] = None,
     device: Annotated[str | None, typer.Option("--device")] = None,
     dtype: Annotated[DtypeChoice, typer.Option("--dtype")] = DtypeChoice.float32,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted evaluation.")] = False,
@@ -88,6 +100,7 @@ def evaluate_command(
     from mist_debias.core.generate import GenerationConfig
     from mist_debias.core.prompts import resolve_prompt_set
     from mist_debias.core.spec import spec_from_cli
+    from mist_debias.loop.profile import ORACLE, own_classifier
     from mist_debias.measure.distributed import current_processes
     from mist_debias.measure.evaluate import (
         CLASSIFY_CHUNK,
@@ -107,10 +120,20 @@ def evaluate_command(
         raise MistError(f"--n must be positive, got {n}")
     records = select_concepts(resolve_prompt_set(prompts), list(concept or []))
     spec = spec_from_cli(axis or [], cell or [], target or [])
+    typed_model = model
+    model, profile = resolve_model(model)
+    sampler = sampler_defaults(profile, GENERIC_SAMPLER, steps=steps, guidance=guidance, eta=eta, batch_size=batch_size)
     try:
-        generation = GenerationConfig(steps, guidance, height, width, negative_prompt, batch_size, eta)
+        generation = GenerationConfig(
+            sampler["steps"], sampler["guidance"], height, width, negative_prompt, sampler["batch_size"], sampler["eta"]
+        )
     except ValueError as error:
         raise MistError(str(error)) from None
+    if classifier is None:
+        from mist_debias.measure.classifiers.clip import DEFAULT_CLIP_MODEL
+
+        classifier = ORACLE if profile is not None and profile.classifier is not None else DEFAULT_CLIP_MODEL
+    classifier_factory = own_classifier(profile, typed_model) if classifier == ORACLE else None
     matrix = load_confusion(confusion, spec) if confusion else None
     edits = [Edit.load(path) for path in edit_file or []]
     names = variant_names(edit_file or [])
@@ -140,7 +163,10 @@ def evaluate_command(
         edit.apply(pipe).revert()  # raises EditFileError when the edit belongs to another base model
     from mist_debias.measure.classifiers.loading import load_classifier
 
-    cell_classifier = load_classifier(classifier, pipe.device, classifier_mode.value)
+    if classifier_factory is not None:
+        cell_classifier = classifier_factory(pipe.device)
+    else:
+        cell_classifier = load_classifier(classifier, pipe.device, classifier_mode.value)
     scorer = None
     if clip_model:
         from mist_debias.measure.clip_score import CLIPScorer
@@ -148,7 +174,7 @@ def evaluate_command(
         scorer = CLIPScorer.load(clip_model, device=pipe.device)
     processes.barrier()
 
-    console = Console(stderr=True)
+    console = stderr_console()
     total = len(plan.items())
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -233,4 +259,4 @@ def report_command(
         raise MistError(f"--grid-images must be ≥ 0, got {grid_images}")
     check_output_path(out, force)
     build_report(sources, out, grid_images=grid_images, force=force)
-    Console(stderr=True).print(f"wrote {out}")
+    stderr_console().print(f"wrote {out}")

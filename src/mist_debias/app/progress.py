@@ -1,25 +1,48 @@
-"""Terminal output of a debias run: a rich progress bar per concept and the before/after table."""
+"""Output of a debias run: a rich progress bar per concept on a terminal, one plain line per concept and round
+elsewhere (a log file, CI, nohup), and the before/after table."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mist_debias.loop.debias import DebiasRun
+if TYPE_CHECKING:
+    from mist_debias.loop.debias import DebiasRun
 
 
 def _ratios(ratios, lower, upper) -> str:
     return " ".join(f"{r:.2f}[{lo:.2f},{hi:.2f}]" for r, lo, hi in zip(ratios, lower, upper, strict=True))
 
 
+def _state(run: DebiasRun, name: str) -> str:
+    status = run.controller.status(name)
+    return "converged" if status.converged else (status.reason if status.finished else "running")
+
+
+def round_line(run: DebiasRun, name: str) -> str:
+    """One concept's progress in plain text: iteration, images so far, the weights of its latest batch, that
+    batch's ratios with 95% simultaneous intervals, and its state."""
+    entries = [e for e in run.log if e["concept"] == name]
+    last = entries[-1]
+    weights = " ".join(f"{w:+.4f}" for w in last["weights"])
+    return (
+        f"{name}: it {len(entries)}, {sum(e['n_images'] for e in entries)} images, weights {weights}, "
+        f"ratios {_ratios(last['ratios'], last['lower'], last['upper'])}, {_state(run, name)}"
+    )
+
+
 class DebiasProgress:
-    """One progress row per concept: iteration, latest ratios with intervals, images used, state."""
+    """One progress row per concept (iteration, latest ratios with intervals, images used, state) on a terminal;
+    elsewhere :func:`round_line` once per concept and round, with no carriage returns."""
 
     def __init__(self, run: DebiasRun, console: Console) -> None:
         self.run = run
+        self.console = console
+        self.plain = not console.is_terminal
+        self.logged = len(run.log)
         budget = run.controller.budget
         self.progress = Progress(
             TextColumn("{task.fields[name]:>12}"),
@@ -28,6 +51,7 @@ class DebiasProgress:
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             console=console,
+            disable=self.plain,
         )
         self.tasks = {name: self.progress.add_task(name, total=budget, name=name, info="waiting") for name in run.order}
 
@@ -40,14 +64,18 @@ class DebiasProgress:
         self.progress.__exit__(*exc)
 
     def update(self, run: DebiasRun) -> None:
+        if self.plain:
+            fresh = dict.fromkeys(entry["concept"] for entry in run.log[self.logged :])
+            self.logged = len(run.log)
+            for name in fresh:
+                self.console.print(round_line(run, name), highlight=False, markup=False)
+            return
         for name, task in self.tasks.items():
             entries = [e for e in run.log if e["concept"] == name]
             if not entries:
                 continue
             last = entries[-1]
-            status = run.controller.status(name)
-            state = "converged" if status.converged else (status.reason if status.finished else "running")
-            info = f"it {len(entries)}  {_ratios(last['ratios'], last['lower'], last['upper'])}  {state}"
+            info = f"it {len(entries)}  {_ratios(last['ratios'], last['lower'], last['upper'])}  {_state(run, name)}"
             self.progress.update(task, completed=sum(e["n_images"] for e in entries), info=info)
 
 

@@ -43,6 +43,17 @@ def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") != 1
 
 
+def _load_failure(model: str, error: Exception) -> str:
+    """One complete, short line for a failed ``from_pretrained``: a hub id that cannot be fetched (diffusers
+    raises ``OSError`` for a missing repository and for an unreachable hub alike), else the error's first
+    sentence."""
+    if isinstance(error, OSError) and not _looks_like_path(model):
+        return f"cannot load model {model!r}: not a local folder and the hub is unreachable or has no such repository"
+    text = " ".join(str(error).split())
+    sentence = text.split(". ")[0].rstrip(".") if text else type(error).__name__
+    return f"cannot load model {model!r}: {sentence}"
+
+
 def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Sample with the diffusers scheduler class ``name``, built from the pipeline's scheduler config (so the
     noise schedule the model was trained with is kept). Raises :class:`ModelLoadError` for a class that is not
@@ -74,8 +85,7 @@ def load_pipeline(
         with contextlib.redirect_stderr(io.StringIO()):
             pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
     except Exception as error:  # any loader failure becomes one line for the user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"could not load {model}: {reason[:200]}") from None
+        raise ModelLoadError(_load_failure(model, error)) from None
     detect_family(pipe)
     find_projections(pipe)
     pipe.set_progress_bar_config(disable=True)

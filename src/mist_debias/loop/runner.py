@@ -16,31 +16,30 @@ from mist_debias import __version__
 from mist_debias.core.edit import fingerprint
 from mist_debias.core.layers import find_cross_attention_projections
 from mist_debias.core.pipeline import default_device, load_pipeline, use_scheduler
-from mist_debias.core.prompts import concept_prompt, strip_article
 from mist_debias.core.run_folder import check_run_folder, create_run_folder, mark_legacy, run_mode
 from mist_debias.core.targets import EditProblem
 from mist_debias.core.text import PromptEncoder
 from mist_debias.loop.config import RunConfig
 from mist_debias.loop.debias import DEBIAS_FOLDER, DebiasConcept, DebiasRun, RunError, RunFolder, build_controller
+from mist_debias.loop.profile import ORACLE, ModelProfile, profile_classifier
 from mist_debias.measure.classifiers.base import CellClassifier
-from mist_debias.measure.classifiers.loading import ORACLE, load_classifier
-from mist_debias.world import PROFESSIONS as WORLD_PROFESSIONS
-from mist_debias.world import bundled_world_path
+from mist_debias.measure.classifiers.loading import load_classifier
 
 IGNORED_ON_RESUME = ("generation.batch_size", "classifier.batch_size")
 
 
-def is_bundled_world(model: str | None) -> bool:
-    return model is None or Path(model).expanduser().resolve() == bundled_world_path().resolve()
-
-
-def resolve_classifier(name: str | None, model: str | None, config: RunConfig, device: torch.device) -> CellClassifier:
-    """``oracle`` (the synthetic world's exact decoder), else a CLIP id or folder; ``None`` picks the default:
-    the oracle on the bundled world, :data:`~mist_debias.measure.classifiers.clip.DEFAULT_CLIP_MODEL` elsewhere."""
+def resolve_classifier(
+    name: str | None, profile: ModelProfile | None, config: RunConfig, device: torch.device
+) -> CellClassifier:
+    """``oracle``: the model profile's own classifier; else a CLIP id or folder. ``None`` picks the default: the
+    profile's classifier where it has one, :data:`~mist_debias.measure.classifiers.clip.DEFAULT_CLIP_MODEL`
+    elsewhere."""
+    if name == ORACLE or (name is None and profile is not None and profile.classifier is not None):
+        return profile_classifier(profile, str(config.model), device)
     if name is None:
         from mist_debias.measure.classifiers.clip import DEFAULT_CLIP_MODEL
 
-        name = ORACLE if is_bundled_world(model) else DEFAULT_CLIP_MODEL
+        name = DEFAULT_CLIP_MODEL
     return load_classifier(
         name,
         device=device,
@@ -50,12 +49,11 @@ def resolve_classifier(name: str | None, model: str | None, config: RunConfig, d
     )
 
 
-def run_preserve_prompts(config: RunConfig) -> list[str]:
-    """The preserve set: the config's, where the synthetic world's own professions replace the built-in list."""
-    if not is_bundled_world(config.model) or config.edit.preserve != "default":
+def run_preserve_prompts(config: RunConfig, profile: ModelProfile | None) -> list[str]:
+    """The preserve set: the config's, where a model profile's own set replaces the built-in list."""
+    if profile is None or config.edit.preserve != "default":
         return config.preserve_prompts()
-    edited = {strip_article(c.name).lower() for c in config.concepts}
-    prompts = ["", *(concept_prompt(p, config.prompt_template) for p in WORLD_PROFESSIONS if p.lower() not in edited)]
+    prompts = profile.preserve_set([c.name for c in config.concepts], config.prompt_template)
     return list(dict.fromkeys([*prompts, *config.edit.preserve_prompts]))
 
 
@@ -71,12 +69,20 @@ def _stored_run_config(stored: Any) -> dict[str, Any]:
 
 
 def prepare_run(
-    config: RunConfig, out: Path, resume: bool = False, force: bool = False, device: str | None = None
+    config: RunConfig,
+    out: Path,
+    resume: bool = False,
+    force: bool = False,
+    device: str | None = None,
+    profile: ModelProfile | None = None,
 ) -> tuple[DebiasRun, int]:
     """Validate everything, then create (or reopen with ``resume``) the run folder.
 
     The folder rules are those of :mod:`mist_debias.core.run_folder`: ``force`` replaces only a debias run
-    folder. Returns the run and the number of rounds replayed from the log.
+    folder. ``profile`` is the model's profile (its classifier and preserve set); its pipeline is loaded when
+    ``config.model`` is ``None`` or one of its names.
+
+    Returns the run and the number of rounds replayed from the log.
     """
     config.check_complete()
     mode = run_mode(resume, force)
@@ -87,19 +93,24 @@ def prepare_run(
     saved = None if fresh else folder.read_config()
 
     target_device = torch.device(device) if device else default_device()
-    model = str(config.model) if config.model else str(bundled_world_path())
+    if config.model is None or (profile is not None and config.model in profile.names):
+        if profile is None:
+            raise RunError("no model given")
+        model = str(profile.pipeline)
+    else:
+        model = str(config.model)
     pipe = load_pipeline(model, device=target_device, dtype=_dtype(config.generation.dtype, target_device))
     if config.generation.scheduler:
         use_scheduler(pipe, config.generation.scheduler)
     base_fingerprint = fingerprint(find_cross_attention_projections(pipe.unet))
     if saved is not None and saved.get("model_fingerprint") != base_fingerprint:
         raise RunError(f"cannot resume: {out} was made for another model (fingerprint mismatch)")
-    classifier = resolve_classifier(config.classifier.drive, config.model, config, target_device)
+    classifier = resolve_classifier(config.classifier.drive, profile, config, target_device)
     concepts = [
         DebiasConcept(c.name, config.spec(c), prompts)
         for c, prompts in zip(config.concepts, config.concept_prompts(), strict=True)
     ]
-    preserve = run_preserve_prompts(config)
+    preserve = run_preserve_prompts(config, profile)
     problem = EditProblem(
         PromptEncoder(pipe),
         [c.prompts for c in concepts],

@@ -77,16 +77,18 @@ from mist_debias.core.spec import AttributeSpec
 from mist_debias.measure.classifiers.base import CellClassifier
 from mist_debias.measure.clip_score import CLIPScorer
 from mist_debias.measure.distributed import Processes
+from mist_debias.measure.evaluation_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGES_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RESULTS_CSV,
+    RESULTS_JSON,
+)
 from mist_debias.measure.metrics import Distribution, cleam_correct, deviation_ratio, kl_divergence
 
-FORMAT = "mist-debias-evaluation"
-FORMAT_VERSION = 1
 ORIGINAL = "original"
-MANIFEST_FILE = "evaluation.json"
-RESULTS_CSV = "results.csv"
-RESULTS_JSON = "results.json"
-METRICS_FILE = "metrics.json"
-IMAGES_DIR = "images"
 DEFAULT_CHANGE_THRESHOLD = 0.02
 """An image counts as changed when its mean absolute pixel difference exceeds 2% of the range (~5 levels)."""
 CLASSIFY_CHUNK = 32

@@ -78,9 +78,10 @@ from mist_debias.core.run_folder import (
 from mist_debias.core.spec import AttributeSpec, Axis
 from mist_debias.loop.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
 from mist_debias.loop.debias import RunFolder
-from mist_debias.loop.runner import ORACLE, is_bundled_world, prepare_run
+from mist_debias.loop.runner import ORACLE, prepare_run
 from mist_debias.measure.evaluate import pixel_change
 from mist_debias.measure.metrics import Distribution
+from mist_debias.profiles.world import WORLD
 from mist_debias.world.bias import PROFESSIONS
 from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE, bundled_world_path
 from mist_debias.world.oracle import WorldOracle
@@ -230,7 +231,7 @@ def concept_spec(concept: str) -> AttributesConfig:
 def run_config(settings: BenchSettings, concept: str, method: BenchMethod) -> RunConfig:
     """The debias run config of one edited (concept, method) row; every method shares sampler, seed, budget."""
     profession = concept_profession(concept)
-    bundled = settings.model is None or is_bundled_world(settings.model)
+    bundled = settings.model_path.resolve() == WORLD.pipeline.resolve()
     base = RunConfig(
         model=None if bundled else str(settings.model_path),
         concepts=(ConceptConfig(profession, attributes=concept_spec(concept)),),
@@ -499,7 +500,7 @@ def bench_row(context: BenchContext, concept: str, method_name: str) -> dict:
         write_json(folder.summary, _original_summary(concept, spec, measured))
     else:
         config = run_config(context.settings, concept, method)
-        run, _ = prepare_run(config, folder.root, resume=folder.is_run(), device=str(context.device))
+        run, _ = prepare_run(config, folder.root, resume=folder.is_run(), device=str(context.device), profile=WORLD)
         measured: dict = {}
 
         def measure(edit: Edit) -> dict[str, Distribution]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from mist_debias.core.errors import MistError
 from mist_debias.core.run_folder import RunFolderError, read_jsonl
-from mist_debias.measure.evaluate import FORMAT, MANIFEST_FILE, METRICS_FILE, RESULTS_JSON
+from mist_debias.measure.evaluation_files import FORMAT, MANIFEST_FILE, METRICS_FILE, RESULTS_JSON
 
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.json"

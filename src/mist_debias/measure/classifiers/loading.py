@@ -1,4 +1,5 @@
-"""Pick a classifier by name: the synthetic world's exact oracle, or a CLIP zero-shot model."""
+"""Load a CLIP zero-shot cell classifier by hub id or folder (a model profile's own classifier, such as the
+synthetic world's oracle, comes from the profile: :func:`mist_debias.loop.profile.profile_classifier`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import torch
 
 from mist_debias.measure.classifiers.base import CellClassifier
 
-ORACLE = "oracle"
-
 
 def load_classifier(
     name: str,
@@ -18,11 +17,7 @@ def load_classifier(
     templates: Sequence[str] | None = None,
     batch_size: int = 32,
 ) -> CellClassifier:
-    """``"oracle"`` → :class:`~mist_debias.world.WorldOracle`; anything else → a CLIP id or folder."""
-    if name == ORACLE:
-        from mist_debias.world import WorldOracle
-
-        return WorldOracle()
+    """A :class:`~mist_debias.measure.classifiers.clip.CLIPCellClassifier` from a CLIP hub id or folder."""
     from mist_debias.measure.classifiers.clip import CLIPCellClassifier
 
     options = {"templates": tuple(templates)} if templates else {}
