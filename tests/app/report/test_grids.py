@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import mist_debias
 from mist_debias.app.report import build_report, html
 from mist_debias.core.edit import Edit, fingerprint
 from mist_debias.core.generate import GenerationConfig, generate_images
@@ -108,12 +106,12 @@ def test_grids_can_be_turned_off_or_missing(edited_run, tmp_path):
 def test_world_run_grids_are_labelled_by_the_oracle(tmp_path):
     """A run on the bundled world (no model in its settings): the grids use the shipped pipeline, the world's
     sampler from config.json and the oracle's cells; the glyph legend comes first."""
-    from mist_debias.app.report.grids import WORLD_PIPELINE
     from mist_debias.core.spec import Axis
+    from mist_debias.world.bundled import bundled_world_path
 
     folder = write_run_folder(tmp_path / "run")
     config = json.loads((folder / "config.json").read_text())
-    world = str(Path(mist_debias.__file__).parent.joinpath(*WORLD_PIPELINE))
+    world = str(bundled_world_path())
     config["run"]["model"], config["model"] = None, world
     config["run"]["generation"] = {"steps": 20, "guidance": 1.5, "eta": 0.75, "batch_size": 8}
     config["run"]["classifier"] = {"drive": None}

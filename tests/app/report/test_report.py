@@ -9,13 +9,11 @@ import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import mist_debias
 from mist_debias.app.report import EvaluationSource, ReportSourceError, RunSource, build_report, read_source
 from mist_debias.app.report.sources import read_log
 from mist_debias.measure.evaluate import (
@@ -275,11 +273,11 @@ def test_small_deviation_bar_is_visible():
 
 def _world_run(folder):
     """The shared run folder, with config.json naming the bundled world as its model."""
-    from mist_debias.app.report.grids import WORLD_PIPELINE
+    from mist_debias.world.bundled import bundled_world_path
 
     config = json.loads((folder / "config.json").read_text())
     config["run"]["model"] = None
-    config["model"] = str(Path(mist_debias.__file__).parent.joinpath(*WORLD_PIPELINE))
+    config["model"] = str(bundled_world_path())
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -299,9 +297,16 @@ def test_world_legend_only_for_world_runs(run_folder, tmp_path):
 
 
 def test_report_without_grids_loads_no_model(run_folder, tmp_path):
-    """A non-world run with --grid-images 0: neither the world nor the model, edit and pipeline loaders are
-    imported (the grids' imports are all inside ``run_grids``)."""
-    modules = ("mist_debias.world", "mist_debias.loop.debias", "mist_debias.core.edit", "mist_debias.core.pipeline")
+    """A non-world run with --grid-images 0: neither torch, the world's oracle nor the model, edit
+    and pipeline loaders are imported (the grids' imports are all inside ``run_grids``; finding the run's profile
+    reads only the registered profiles' constants)."""
+    modules = (
+        "torch",
+        "mist_debias.world.oracle",
+        "mist_debias.loop.debias",
+        "mist_debias.core.edit",
+        "mist_debias.core.pipeline",
+    )
     script = (
         "import sys; from pathlib import Path; from mist_debias.app.report import build_report; "
         f"build_report([Path({str(run_folder)!r})], Path({str(tmp_path / 'r.html')!r}), grid_images=0); "

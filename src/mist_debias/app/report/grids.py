@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-WORLD_ALIASES = ("world",)
-WORLD_PIPELINE = ("assets", "world", "pipeline")
+from mist_debias.loop.profile import ModelProfile
+from mist_debias.profiles import find_profile
+
+WORLD_PROFILE = "world"
 LEGEND_BASE = {"gender": "man", "race": "White", "age": "young", "profession": "doctor"}
 LEGEND_CUES = {
     "gender": "head shape and hair length",
@@ -66,21 +67,17 @@ def run_settings(config: dict) -> dict:
     return run if isinstance(run, dict) else config
 
 
+def run_profile(config: dict) -> ModelProfile | None:
+    """The model profile of a run folder's ``config.json``: its resolved ``model`` (a profile's pipeline folder),
+    else its settings' ``model`` (``None`` is the default profile)."""
+    model = config.get("model") if isinstance(config.get("model"), str) else run_settings(config).get("model")
+    return find_profile(model)
+
+
 def is_world_run(config: dict) -> bool:
-    """Whether a run folder's ``config.json`` names the bundled synthetic world as its model: a ``world``
-    profile or model alias, no model at all (the world is the default), or the shipped pipeline's folder."""
-    settings = run_settings(config)
-    if config.get("profile") in WORLD_ALIASES or settings.get("profile") in WORLD_ALIASES:
-        return True
-    if "run" in config and settings.get("model") is None:
-        return True
-    model = config.get("model") if isinstance(config.get("model"), str) else settings.get("model")
-    if not isinstance(model, str):
-        return False
-    if model in WORLD_ALIASES:
-        return True
-    shipped = Path(str(resources.files("mist_debias").joinpath(*WORLD_PIPELINE)))
-    return Path(model).expanduser().resolve() == shipped.resolve()
+    """Whether a run folder's ``config.json`` names the bundled synthetic world as its model."""
+    profile = run_profile(config)
+    return profile is not None and profile.name == WORLD_PROFILE
 
 
 def run_model(config: dict) -> str | None:
@@ -112,9 +109,10 @@ def run_grids(folder: Path, config: dict, count: int, device: str | None = None)
         raise MistError(f"{folder} has no final edit ({edit_path.name}); finish the run to see its images")
     edit = Edit.load(edit_path)
     settings = run_settings(config)
+    profile = run_profile(config)
     model = run_model(config) or edit.info.get("base_model")
-    if is_world_run(config) and (model is None or model in WORLD_ALIASES):
-        model = str(resources.files("mist_debias").joinpath(*WORLD_PIPELINE))
+    if profile is not None:
+        model = str(profile.pipeline)
     if model is None:
         raise MistError(f"{folder}/config.json names no model")
     generation = settings.get("generation") or {}
@@ -162,15 +160,20 @@ def _classifier(config: dict, device):
     """The classifier that drove the run, or ``None`` when it cannot be loaded here (the grids then go
     unlabelled rather than fail)."""
     from mist_debias.core.errors import MistError
-    from mist_debias.measure.classifiers.loading import ORACLE, load_classifier
+    from mist_debias.loop.profile import ORACLE, profile_classifier
+    from mist_debias.measure.classifiers.loading import load_classifier
 
     options = run_settings(config).get("classifier") or {}
-    name = options.get("drive") or (ORACLE if is_world_run(config) else None)
-    if name is None:
-        from mist_debias.measure.classifiers.clip import DEFAULT_CLIP_MODEL
-
-        name = DEFAULT_CLIP_MODEL
+    name = options.get("drive")
+    model = run_model(config)
+    profile = run_profile(config)
     try:
+        if name == ORACLE or (name is None and profile is not None and profile.classifier is not None):
+            return profile_classifier(profile, str(model), device)
+        if name is None:
+            from mist_debias.measure.classifiers.clip import DEFAULT_CLIP_MODEL
+
+            name = DEFAULT_CLIP_MODEL
         return load_classifier(
             name,
             device=device,
