@@ -110,3 +110,19 @@ def test_other_families_are_refused_in_one_line_naming_the_editable_ones(tmp_pat
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: cannot edit a DDPMPipeline")
     assert "SD1.x/SD2.x, SDXL, SD3/SD3.5, FLUX.1" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", TRANSFORMER_FAMILIES)
+def test_debias_and_evaluate_refuse_a_transformer_family_in_one_line(family, transformer_dirs, tmp_path, capsys):
+    model = transformer_dirs[family]
+    debias = ["debias", model, "--concept", "doctor", "--axis", "gender=man,woman", "--out", tmp_path / "run"]
+    code, _, err = run(capsys, *debias)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: mist debias drives SD1.x/SD2.x and SDXL models so far") and "mist edit" in err
+    assert not (tmp_path / "run").exists()
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,concept\na photo of a doctor,doctor\n")
+    evaluate = ["evaluate", model, "--prompts", prompts, "--axis", "gender=man,woman", "--out", tmp_path / "eval"]
+    code, _, err = run(capsys, *evaluate)
+    assert code == 2 and err.startswith("error: mist evaluate drives SD1.x/SD2.x and SDXL models so far")
+    assert not (tmp_path / "eval").exists()

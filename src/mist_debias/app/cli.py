@@ -276,6 +276,13 @@ def debias(
     classifier: Annotated[
         str | None, typer.Option("--classifier", help="CLIP id/folder, or 'oracle' (the model profile's own).")
     ] = None,
+    grade_classifier: Annotated[
+        str | None,
+        typer.Option(
+            "--grade-classifier",
+            help="Independent grader of --validate and the fresh-seed numbers: CLIP id/folder or 'oracle'.",
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/debias"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run folder.")] = False,
@@ -322,6 +329,7 @@ def debias(
             "tolerance": tolerance,
             "budget": budget,
             "classifier.drive": classifier,
+            "classifier.evaluate": grade_classifier,
             "seed": seed,
             "generation.steps": sampler["steps"],
             "generation.guidance": sampler["guidance"],

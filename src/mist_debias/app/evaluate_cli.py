@@ -156,9 +156,11 @@ def evaluate_command(
     )
     processes = current_processes(device)
     fresh = check_folder(out, plan, resume, force)
+    from mist_debias.core.families import require_unet
     from mist_debias.core.pipeline import DTYPES, load_pipeline
 
     pipe = load_pipeline(model, device=processes.device, dtype=DTYPES[dtype.value])
+    require_unet(pipe, "mist evaluate")
     for edit in edits:
         edit.apply(pipe).revert()  # raises EditFileError when the edit belongs to another base model
     from mist_debias.measure.classifiers.loading import load_classifier

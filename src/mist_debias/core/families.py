@@ -92,6 +92,15 @@ def detect_family(pipe: DiffusionPipeline) -> str:
     return family
 
 
+def require_unet(pipe: DiffusionPipeline, command: str) -> None:
+    """Refuse, in one line, a transformer family for a command that drives only UNet models so far."""
+    if denoiser_component(pipe) != "unet":
+        label = FAMILY_LABELS[detect_family(pipe)]
+        raise ModelLoadError(
+            f"{command} drives SD1.x/SD2.x and SDXL models so far; a {label} model is edited with mist edit"
+        )
+
+
 def space_of(layer_name: str) -> str:
     """The input space of an edited layer: ``"pooled"`` for the pooled-text projection, else ``"context"``."""
     return TRANSFORMER_PROJECTIONS.get(layer_name, CONTEXT_SPACE)

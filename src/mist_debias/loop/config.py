@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from mist_debias.core.atomic import atomic_file
 from mist_debias.core.choices import ClassifyMode, ControllerName, DtypeName, KeySet, Method, MistForm, PreserveMode
@@ -200,16 +209,22 @@ class ControllerConfig(_Section):
         return {"name": self.name, **self.options}
 
 
-class ClassifierConfig(_Section):
-    """Which classifier drives the loop and which evaluates it, and the CLIP zero-shot settings.
+ClassifierChoice = str | dict[str, Any] | None
+"""A classifier in a run config: ``None`` (the model's default), ``"oracle"`` (the model profile's own), a CLIP id
+or folder, or a mapping for :func:`~mist_debias.measure.classifiers.build.build_classifier` (``type: hf`` or
+``type: clip``: image-classification models with a label mapping, CLIP zero-shot, a face gate)."""
 
-    ``drive``: a CLIP id or folder, or ``None`` for the model's default (the synthetic world's oracle for the
-    bundled model, :data:`~mist_debias.measure.classifiers.clip.DEFAULT_CLIP_MODEL` otherwise). ``evaluate``: an
-    independent classifier for the final numbers, ``None`` to grade with ``drive``.
+
+class ClassifierConfig(_Section):
+    """Which classifier drives the loop and which grades it, and the CLIP zero-shot settings of a plain id.
+
+    ``drive``: see :data:`ClassifierChoice`; ``None`` picks the model profile's classifier (the synthetic world's
+    oracle) or :data:`~mist_debias.measure.classifiers.clip.DEFAULT_CLIP_MODEL`. ``evaluate``: an independent
+    classifier that grades ``--validate`` and the summary's fresh-seed numbers, ``None`` to grade with ``drive``.
     """
 
-    drive: str | None = None
-    evaluate: str | None = None
+    drive: ClassifierChoice = None
+    evaluate: ClassifierChoice = None
     templates: Annotated[Strings, Field(min_length=1)] = DEFAULT_TEMPLATES
     mode: ClassifyMode = "joint"
     batch_size: Annotated[int, Field(gt=0)] = 32
@@ -220,6 +235,20 @@ class ClassifierConfig(_Section):
             if "{phrase}" not in template:
                 raise ValueError(f"template {template!r} has no {{phrase}}")
         return self
+
+    @field_validator("drive", "evaluate")
+    @classmethod
+    def _valid_classifier_spec(cls, choice: ClassifierChoice, info: ValidationInfo) -> ClassifierChoice:
+        if isinstance(choice, dict):
+            from mist_debias.measure.classifiers.build import parse_classifier_spec
+            from mist_debias.measure.classifiers.clip import ClassifierError
+
+            try:
+                parse_classifier_spec(choice, where=info.field_name)
+            except ClassifierError as error:
+                where = info.field_name
+                raise ValueError(str(error).removeprefix(f"{where}: ").removeprefix(f"{where}.")) from None
+        return choice
 
 
 class _GenerationExtras(_Section):

@@ -14,12 +14,13 @@ import torch
 
 from mist_debias import __version__
 from mist_debias.core.edit import fingerprint
+from mist_debias.core.families import require_unet
 from mist_debias.core.layers import find_cross_attention_projections
 from mist_debias.core.pipeline import default_device, load_pipeline, use_scheduler
 from mist_debias.core.run_folder import check_run_folder, create_run_folder, mark_legacy, run_mode
 from mist_debias.core.targets import EditProblem
 from mist_debias.core.text import PromptEncoder
-from mist_debias.loop.config import RunConfig
+from mist_debias.loop.config import ClassifierChoice, RunConfig
 from mist_debias.loop.debias import DEBIAS_FOLDER, DebiasConcept, DebiasRun, RunError, RunFolder, build_controller
 from mist_debias.loop.profile import ORACLE, ModelProfile, profile_classifier
 from mist_debias.measure.classifiers.base import CellClassifier
@@ -29,19 +30,23 @@ IGNORED_ON_RESUME = ("generation.batch_size", "classifier.batch_size")
 
 
 def resolve_classifier(
-    name: str | None, profile: ModelProfile | None, config: RunConfig, device: torch.device
+    choice: ClassifierChoice, profile: ModelProfile | None, config: RunConfig, device: torch.device
 ) -> CellClassifier:
-    """``oracle``: the model profile's own classifier; else a CLIP id or folder. ``None`` picks the default: the
-    profile's classifier where it has one, :data:`~mist_debias.measure.classifiers.clip.DEFAULT_CLIP_MODEL`
-    elsewhere."""
-    if name == ORACLE or (name is None and profile is not None and profile.classifier is not None):
+    """``oracle``: the model profile's own classifier; a mapping: :func:`build_classifier` (checked against every
+    concept's cells before any weights load); else a CLIP id or folder. ``None`` picks the default: the profile's
+    classifier where it has one, :data:`~mist_debias.measure.classifiers.clip.DEFAULT_CLIP_MODEL` elsewhere."""
+    if choice == ORACLE or (choice is None and profile is not None and profile.classifier is not None):
         return profile_classifier(profile, str(config.model), device)
-    if name is None:
+    if isinstance(choice, dict):
+        from mist_debias.measure.classifiers.build import build_classifier
+
+        return build_classifier(choice, [config.spec(c) for c in config.concepts], device=device)
+    if choice is None:
         from mist_debias.measure.classifiers.clip import DEFAULT_CLIP_MODEL
 
-        name = DEFAULT_CLIP_MODEL
+        choice = DEFAULT_CLIP_MODEL
     return load_classifier(
-        name,
+        choice,
         device=device,
         mode=config.classifier.mode,
         templates=config.classifier.templates,
@@ -100,12 +105,18 @@ def prepare_run(
     else:
         model = str(config.model)
     pipe = load_pipeline(model, device=target_device, dtype=_dtype(config.generation.dtype, target_device))
+    require_unet(pipe, "mist debias")
     if config.generation.scheduler:
         use_scheduler(pipe, config.generation.scheduler)
     base_fingerprint = fingerprint(find_cross_attention_projections(pipe.unet))
     if saved is not None and saved.get("model_fingerprint") != base_fingerprint:
         raise RunError(f"cannot resume: {out} was made for another model (fingerprint mismatch)")
     classifier = resolve_classifier(config.classifier.drive, profile, config, target_device)
+    grader = (
+        None
+        if config.classifier.evaluate is None
+        else resolve_classifier(config.classifier.evaluate, profile, config, target_device)
+    )
     concepts = [
         DebiasConcept(c.name, config.spec(c), prompts)
         for c, prompts in zip(config.concepts, config.concept_prompts(), strict=True)
@@ -138,6 +149,7 @@ def prepare_run(
             "model_fingerprint": base_fingerprint,
             "preserve_prompts": preserve,
             "classifier": type(classifier).__name__,
+            "grader": None if grader is None else type(grader).__name__,
             "library_version": __version__,
         }
         create_run_folder(out, DEBIAS_FOLDER, mode, {DEBIAS_FOLDER.settings_file: json.dumps(record, indent=2)})
