@@ -125,3 +125,21 @@ def test_bad_concepts_and_weights(sd1_pipe):
         problem.solve(current_weights(sd1_pipe), [[float("inf"), 0.0]])
     with pytest.raises(MistError, match="unknown method"):
         EditProblem(encoder, [ConceptPrompts("a doctor", GENDER)], method="nope")
+
+
+def test_time_shorter_destination_never_pairs_words_with_the_start_token(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    # source [<s>, a, photo, of, a, doctor, </s>], destination [<s>, a, nurse, </s>]: prefix <s> a, suffix </s>;
+    # the middles pair from their ends (doctor ↔ nurse) and photo, of, a have no counterpart: they are kept
+    problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", ("a nurse",))], method="time")
+    assert problem.rank_bound == 7
+    w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
+    source = encoder.encode(["a photo of a doctor"])[0].to(torch.float64)
+    destination = encoder.encode(["a nurse"])[0].to(torch.float64)
+    targets = problem.targets(w, [[1.0]])
+    for position in (0, 1):
+        torch.testing.assert_close(targets[:, position], w @ destination[position], rtol=1e-6, atol=1e-6)
+    for position in (2, 3, 4):
+        torch.testing.assert_close(targets[:, position], w @ source[position], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(targets[:, 5], w @ destination[2], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(targets[:, 6], w @ destination[3], rtol=1e-6, atol=1e-6)

@@ -16,7 +16,8 @@ Key sets (positions of the concept prompt; attribute positions are aligned with 
   from its own EOS. Offsets run up to the window end of the prompt whose EOS is latest.
 - ``last-word``: the last content token before the EOS (UCE).
 - ``all``: every position from start-of-text to the EOS (TIME); the destination is aligned with the source by
-  their common prefix and, from the end, their common suffix (the EOS included).
+  their common prefix, their common suffix (the EOS included) and their differing middles paired from the end;
+  source tokens without a counterpart keep their value (see :func:`_time_alignment`).
 
 The edit is low rank with rank ≤ the number of keys k. For MIST and UCE every column of ``L = η_e (V* − W C)``
 lies in the span of the projected attribute keys ``W g_j``, so with J attribute prompts shared by all concepts
@@ -61,23 +62,53 @@ class ConceptPrompts:
                 raise PromptError(f"an attribute prompt of concept {self.prompt!r} is empty")
 
 
+KEEP = -1
+"""Attribute position meaning "no counterpart": the key's target is its own value ``W c`` (it is kept)."""
+
+
 def _aligned_positions(
     keys: KeySet, concept: TokenizedPrompt, attribute: TokenizedPrompt, window_end: int
 ) -> list[tuple[int, int]]:
-    """(concept position, attribute position) pairs of one concept/attribute pair."""
+    """(concept position, attribute position) pairs of one concept/attribute pair (:data:`KEEP` for none)."""
     if keys == "eos":
         return [(concept.eos_index, attribute.eos_index)]
     if keys == "last-word":
         return [(concept.last_word_index, attribute.last_word_index)]
     if keys == "eos+pad":
         return [(concept.eos_index + o, attribute.eos_index + o) for o in range(window_end)]
-    source, destination = concept.input_ids[: concept.eos_index + 1], attribute.input_ids[: attribute.eos_index + 1]
+    return _time_alignment(concept.input_ids[: concept.eos_index + 1], attribute.input_ids[: attribute.eos_index + 1])
+
+
+def _time_alignment(source: Sequence[int], destination: Sequence[int]) -> list[tuple[int, int]]:
+    """TIME's token alignment of a source prompt with its destination (both from start-of-text to EOS).
+
+    The common prefix maps onto itself and the common suffix (the EOS at least) onto the destination's suffix
+    from the end. What is left differs: the source middle ``source[p:ls−s]`` and the destination middle
+    ``destination[p:ld−s]`` are paired from their ends, last with last. For TIME's own edits (the destination
+    adds words, "a pack of roses" → "a pack of blue roses") the source middle is empty and every source token
+    meets the same token in the destination. A source middle longer than the destination's (the destination
+    drops words) leaves its first tokens without a counterpart: they are paired with :data:`KEEP` (target
+    ``W c``, the token keeps its value) and never with a token outside the destination middle.
+    """
     prefix = 0
     while prefix < min(len(source), len(destination)) - 1 and source[prefix] == destination[prefix]:
         prefix += 1
+    suffix = 1  # the EOS
+    while suffix < min(len(source), len(destination)) - prefix and source[-1 - suffix] == destination[-1 - suffix]:
+        suffix += 1
+    source_middle = range(prefix, len(source) - suffix)
+    destination_middle = range(prefix, len(destination) - suffix)
+    unmatched = max(len(source_middle) - len(destination_middle), 0)
     pairs = [(i, i) for i in range(prefix)]
-    tail = len(source) - prefix
-    pairs += [(len(source) - 1 - i, max(len(destination) - 1 - i, 0)) for i in reversed(range(tail))]
+    pairs += [(i, KEEP) for i in source_middle[:unmatched]]
+    pairs += list(
+        zip(
+            source_middle[unmatched:],
+            destination_middle[len(destination_middle) - len(source_middle[unmatched:]) :],
+            strict=True,
+        )
+    )
+    pairs += [(len(source) - 1 - i, len(destination) - 1 - i) for i in reversed(range(suffix))]
     return pairs
 
 
@@ -136,7 +167,7 @@ class EditProblem:
                 )
             concept_index = [columns.setdefault((concept.prompt, p), len(columns)) for p in source_positions]
             attribute_index = [
-                [columns.setdefault((a, q), len(columns)) for _, q in pairs]
+                [columns.setdefault((concept.prompt, p) if q == KEEP else (a, q), len(columns)) for p, q in pairs]
                 for a, pairs in zip(concept.attributes, per_attribute, strict=True)
             ]
             self.concept_columns.append(torch.tensor(concept_index))
