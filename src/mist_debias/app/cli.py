@@ -64,7 +64,7 @@ def parse_weights(text: str) -> list[float]:
 def _load(model: str, device: str | None, dtype: DtypeChoice):
     from mist_debias.core.pipeline import DTYPES, load_pipeline
 
-    return load_pipeline(model, device=device, dtype=DTYPES[dtype.value])
+    return load_pipeline(model, device=device, torch_dtype=DTYPES[dtype.value])
 
 
 @app.command()

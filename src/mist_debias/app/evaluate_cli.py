@@ -141,7 +141,7 @@ def evaluate_command(
     fresh = check_folder(out, plan, resume, force)
     from mist_debias.core.pipeline import DTYPES, load_pipeline
 
-    pipe = load_pipeline(model, device=processes.device, dtype=DTYPES[dtype.value])
+    pipe = load_pipeline(model, device=processes.device, torch_dtype=DTYPES[dtype.value])
     for edit in edits:
         edit.apply(pipe).revert()  # raises EditFileError when the edit belongs to another base model
     from mist_debias.measure.classifiers.loading import load_classifier

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from safetensors import SafetensorError, safe_open
@@ -32,22 +33,47 @@ from mist_debias.core.layers import Projection, find_cross_attention_projections
 from mist_debias.core.solve import LowRankUpdate
 
 FORMAT = "mist-debias-edit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: sign-bit fingerprint (dtype-independent); format-1 files (float16 fingerprint) are still read."""
+FINGERPRINT_PREFIX = "sign-sha256:"
 RIGHT_KEY = "right"
 LEFT_PREFIX = "left."
 
 
 def fingerprint(projections: list[Projection]) -> str:
-    """SHA-256 of the edited tensors (names, shapes, values cast to float16).
+    """SHA-256 of the edited tensors' names, shapes and sign bits, prefixed ``"sign-sha256:"``.
 
-    Casting to float16 makes the fingerprint the same whether a model is loaded in float32 or float16.
+    The same model loaded in float32, float16 or bfloat16 holds different numbers: each rounding keeps a
+    different share of the mantissa, and float16 flushes tiny values to ±0. No hash of rounded values is the
+    same for all three (a float16 value can sit on a bfloat16 rounding midpoint, so rounding the float16 model
+    to bfloat16 differs from rounding the float32 one in a few percent of the weights). The sign bit is what
+    every IEEE round-to-nearest conversion keeps (a value flushed to zero keeps its sign as −0), so hashing
+    ``signbit(W)`` gives one fingerprint per model in every dtype, while two independently trained or
+    initialised models differ in about half of their signs.
     """
+    digest = hashlib.sha256()
+    for projection in projections:
+        weight = projection.module.weight.detach()
+        digest.update(f"{projection.name}:{tuple(weight.shape)};".encode())
+        digest.update(np.packbits(torch.signbit(weight).cpu().numpy()).tobytes())
+    return FINGERPRINT_PREFIX + digest.hexdigest()
+
+
+def _float16_fingerprint(projections: list[Projection]) -> str:
+    """The fingerprint of format-1 files: SHA-256 of names, shapes and values cast to float16."""
     digest = hashlib.sha256()
     for projection in projections:
         weight = projection.module.weight.detach()
         digest.update(f"{projection.name}:{tuple(weight.shape)};".encode())
         digest.update(weight.to(device="cpu", dtype=torch.float16).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def fingerprint_matches(projections: list[Projection], expected: str) -> bool:
+    """Whether ``projections`` are the model ``expected`` was taken from (either fingerprint scheme)."""
+    if expected.startswith(FINGERPRINT_PREFIX):
+        return fingerprint(projections) == expected
+    return _float16_fingerprint(projections) == expected
 
 
 def _as_stored(tensor: torch.Tensor) -> torch.Tensor:
@@ -130,7 +156,7 @@ class Edit:
                     f"edit does not fit this model: {projection.name} is {projection.weight_shape}, "
                     f"the edit expects {expected}"
                 )
-        if check and fingerprint(projections) != self.base_fingerprint:
+        if check and not fingerprint_matches(projections, self.base_fingerprint):
             raise EditFileError(
                 "edit was made for another base model (fingerprint mismatch); load the model it was solved on"
             )
@@ -199,10 +225,14 @@ class Edit:
         layers = info.get("layers", [])
         if RIGHT_KEY not in tensors or set(tensors) != {RIGHT_KEY, *(LEFT_PREFIX + name for name in layers)}:
             raise EditFileError(f"{path} is incomplete: its tensors do not match its layer list")
+        if not isinstance(info.get("base_fingerprint"), str):
+            raise EditFileError(f"{path} has no base-model fingerprint; it cannot be checked against a model")
+        right = tensors[RIGHT_KEY]
         left = {name: tensors[LEFT_PREFIX + name] for name in layers}
+        _check_factor_shapes(path, right, left)
         known = {"format", "format_version", "library_version", "base_fingerprint", "rank", "layers"}
         extra = {key: value for key, value in info.items() if key not in known}
-        return cls(right=tensors[RIGHT_KEY], left=left, base_fingerprint=info["base_fingerprint"], info=extra)
+        return cls(right=right, left=left, base_fingerprint=info["base_fingerprint"], info=extra)
 
     def lora_state_dict(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
         """PEFT LoRA tensors: ``lora_A = R`` (k × d), ``lora_B = α L`` (m × k); with alpha = rank, ΔW = B A."""
@@ -227,3 +257,20 @@ class Edit:
         with atomic_directory(Path(out_dir), force=force) as temp, self.applied(pipe, scale):
             pipe.save_pretrained(str(temp), safe_serialization=True)
         return Path(out_dir)
+
+
+def _check_factor_shapes(path: Path, right: torch.Tensor, left: dict[str, torch.Tensor]) -> None:
+    """``right`` is k × d and every ``left`` is m × k with the same k, or :class:`EditFileError`."""
+    if right.ndim != 2:
+        raise EditFileError(f"{path} is not a valid edit: right must be a matrix, it has shape {tuple(right.shape)}")
+    rank = right.shape[0]
+    for name, factor in left.items():
+        if factor.ndim != 2:
+            raise EditFileError(
+                f"{path} is not a valid edit: {LEFT_PREFIX}{name} must be a matrix, it has shape {tuple(factor.shape)}"
+            )
+        if factor.shape[1] != rank:
+            raise EditFileError(
+                f"{path} is not a valid edit: {LEFT_PREFIX}{name} is {factor.shape[0]}×{factor.shape[1]} "
+                f"but right has rank {rank}"
+            )

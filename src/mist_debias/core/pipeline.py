@@ -54,13 +54,15 @@ def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
 
 
 def load_pipeline(
-    model: str | Path, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    model: str | Path, device: torch.device | str | None = None, torch_dtype: torch.dtype = torch.float32
 ) -> DiffusionPipeline:
     """Load a text-to-image diffusers pipeline with a cross-attention UNet.
 
-    ``model`` is a local folder (``model_index.json`` inside) or a hub id (``owner/name``). Raises
-    :class:`ModelLoadError` with one line for a missing path, a folder that is not a diffusers SD pipeline, a
-    hub id that cannot be fetched, or a UNet without cross-attention.
+    ``model`` is a local folder (``model_index.json`` inside) or a hub id (``owner/name``); ``torch_dtype`` is
+    passed on to ``DiffusionPipeline.from_pretrained``. Only safetensors weights are read
+    (``use_safetensors=True``): a pipeline that ships only pickled ``.bin`` weights is refused, never unpickled.
+    Raises :class:`ModelLoadError` with one line for a missing path, a folder that is not a diffusers SD
+    pipeline, one without safetensors weights, a hub id that cannot be fetched, or a UNet without cross-attention.
     """
     model = str(model)
     if _looks_like_path(model):
@@ -71,10 +73,12 @@ def load_pipeline(
             raise ModelLoadError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, use_safetensors=True)
     except Exception as error:  # any loader failure becomes one line for the user
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"could not load {model}: {reason[:200]}") from None
+        if ".safetensors" in reason:
+            reason += " (only safetensors weights are read, never pickled .bin files)"
+        raise ModelLoadError(f"could not load {model}: {reason[:300]}") from None
     for component in ("unet", "tokenizer", "text_encoder"):
         if getattr(pipe, component, None) is None:
             raise ModelLoadError(f"{model} is not a Stable Diffusion text-to-image pipeline (no {component})")

@@ -90,7 +90,7 @@ def prepare_run(
 
     target_device = torch.device(device) if device else default_device()
     model = str(config.model) if config.model else str(bundled_world_path())
-    pipe = load_pipeline(model, device=target_device, dtype=_dtype(config.generation.dtype, target_device))
+    pipe = load_pipeline(model, device=target_device, torch_dtype=_dtype(config.generation.dtype, target_device))
     if config.generation.scheduler:
         use_scheduler(pipe, config.generation.scheduler)
     base_fingerprint = fingerprint(find_cross_attention_projections(pipe.unet))
