@@ -143,3 +143,38 @@ def test_time_shorter_destination_never_pairs_words_with_the_start_token(sd1_pip
         torch.testing.assert_close(targets[:, position], w @ source[position], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(targets[:, 5], w @ destination[2], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(targets[:, 6], w @ destination[3], rtol=1e-6, atol=1e-6)
+
+
+class AcceleratorTensor(torch.Tensor):
+    """A tensor that stands for one on a device without float64 (Apple MPS): any operation that would make a
+    float64 tensor there fails; ``.cpu()`` is the only way off the device."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+        result = super().__torch_function__(func, types, args, kwargs)
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for output in outputs:
+            if isinstance(output, AcceleratorTensor) and output.dtype == torch.float64:
+                raise AssertionError(f"{func.__name__} made a float64 tensor on the device")
+        return result
+
+
+def test_solve_runs_in_float64_on_the_cpu_while_the_model_lives_on_a_device(sd1_pipe, monkeypatch):
+    encoder = PromptEncoder(sd1_pipe)
+    on_device = PromptEncoder.encode
+    monkeypatch.setattr(
+        PromptEncoder, "encode", lambda self, *a, **k: on_device(self, *a, **k).as_subclass(AcceleratorTensor)
+    )
+    weights = {name: w.as_subclass(AcceleratorTensor) for name, w in current_weights(sd1_pipe).items()}
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+    for method in ("mist", "uce", "time"):
+        problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", GENDER[1:])], method=method)
+        update = problem.solve(weights, [[0.7]])
+        factors = [update.right, *update.left.values()]
+        assert all(type(f) is torch.Tensor and f.dtype == torch.float64 and f.device.type == "cpu" for f in factors)
+        target = problem.targets(next(iter(weights.values())), [[0.7]])
+        assert type(target) is torch.Tensor and target.dtype == torch.float64

@@ -16,6 +16,9 @@ Subtracting ``W A`` from both sides shows the edit is exactly low rank:
 
 Solving again from an already-edited ``W₁ = W + L₁R`` with the same keys gives ``W₂ = W₁ + L₂R``: compounding
 iterations only add to ``L`` and never change ``R``.
+
+Every float64 tensor lives on the CPU (:func:`cpu_float64`): Apple's MPS has no float64, and the solve is a few
+small products per layer. The factors are moved to the model's device, in its dtype, when an edit is applied.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from mist_debias.core.errors import MistError
+
+
+def cpu_float64(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float64 on the CPU: moved first, then cast, so no float64 tensor is made on a device."""
+    return tensor.detach().cpu().to(torch.float64)
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,12 @@ class EditHyperparameters:
 def gram_matrix(
     edit_keys: torch.Tensor, preserve_keys: torch.Tensor | None, hparams: EditHyperparameters
 ) -> torch.Tensor:
-    """``A = λ I + η_e C Cᵀ + η_p P Pᵀ`` (d × d, float64) from keys stored as columns."""
-    keys = edit_keys.to(torch.float64)
-    a = hparams.lam * torch.eye(keys.shape[0], dtype=torch.float64, device=keys.device)
+    """``A = λ I + η_e C Cᵀ + η_p P Pᵀ`` (d × d, float64, CPU) from keys stored as columns."""
+    keys = cpu_float64(edit_keys)
+    a = hparams.lam * torch.eye(keys.shape[0], dtype=torch.float64)
     a = a + hparams.edit_scale * keys @ keys.T
     if preserve_keys is not None and preserve_keys.numel() and hparams.preserve_scale > 0:
-        preserve = preserve_keys.to(torch.float64)
+        preserve = cpu_float64(preserve_keys)
         a = a + hparams.preserve_scale * preserve @ preserve.T
     return a
 
@@ -68,15 +76,14 @@ def shared_factor(
     """``R = Cᵀ A⁻¹`` (k × d, float64), from one Cholesky factorisation of the symmetric positive-definite A."""
     a = gram_matrix(edit_keys, preserve_keys, hparams)
     cholesky = torch.linalg.cholesky(a)
-    return torch.cholesky_solve(edit_keys.to(torch.float64), cholesky).T
+    return torch.cholesky_solve(cpu_float64(edit_keys), cholesky).T
 
 
 def layer_factor(
     weight: torch.Tensor, edit_keys: torch.Tensor, targets: torch.Tensor, hparams: EditHyperparameters
 ) -> torch.Tensor:
     """``L = η_e (V* − W C)`` (m × k, float64) for one projection."""
-    w = weight.to(torch.float64)
-    return hparams.edit_scale * (targets.to(torch.float64) - w @ edit_keys.to(torch.float64))
+    return hparams.edit_scale * (cpu_float64(targets) - cpu_float64(weight) @ cpu_float64(edit_keys))
 
 
 @dataclass(frozen=True)

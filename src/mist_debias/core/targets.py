@@ -22,7 +22,8 @@ Key sets (positions of the concept prompt; attribute positions are aligned with 
 The edit is low rank with rank ≤ the number of keys k. For MIST and UCE every column of ``L = η_e (V* − W C)``
 lies in the span of the projected attribute keys ``W g_j``, so with J attribute prompts shared by all concepts
 (EOS keys) the rank is at most min(k, J). Embeddings are computed once per :class:`EditProblem`;
-targets for new weights (the debias loop's iterations) cost a few small matrix products.
+targets for new weights (the debias loop's iterations) cost a few small matrix products. All of it runs in
+float64 on the CPU, whatever device the model is on (MPS has no float64).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Literal
 import torch
 
 from mist_debias.core.errors import MistError, PromptError
-from mist_debias.core.solve import EditHyperparameters, LowRankUpdate, shared_factor
+from mist_debias.core.solve import EditHyperparameters, LowRankUpdate, cpu_float64, shared_factor
 from mist_debias.core.text import PromptEncoder, TokenizedPrompt
 
 Method = Literal["mist", "uce", "time"]
@@ -173,9 +174,9 @@ class EditProblem:
             self.concept_columns.append(torch.tensor(concept_index))
             self.attribute_columns.append(torch.tensor(attribute_index))
         needed = max(position for _, position in columns) + 1
-        states = encoder.encode(prompts, num_positions=needed).to(torch.float64)
+        states = cpu_float64(encoder.encode(prompts, num_positions=needed))
         prompt_row = {prompt: row for row, prompt in enumerate(prompts)}
-        bank = torch.empty(states.shape[-1], len(columns), dtype=torch.float64, device=states.device)
+        bank = torch.empty(states.shape[-1], len(columns), dtype=torch.float64)
         for (prompt, position), column in columns.items():
             bank[:, column] = states[prompt_row[prompt], position]
         self.bank = bank
@@ -192,7 +193,7 @@ class EditProblem:
             padded.append(torch.cat([a_cols.T, fill], dim=1))
         self.key_attribute_columns = torch.cat(padded)
         if self.preserve_prompts:
-            preserve = encoder.encode(list(self.preserve_prompts)).to(torch.float64)
+            preserve = cpu_float64(encoder.encode(list(self.preserve_prompts)))
             self.preserve_keys: torch.Tensor | None = preserve.reshape(-1, preserve.shape[-1]).T.contiguous()
         else:
             self.preserve_keys = None
@@ -215,19 +216,18 @@ class EditProblem:
             rows[i, : len(w)] = torch.tensor([float(x) for x in w], dtype=torch.float64)
         if not torch.isfinite(rows).all():
             raise MistError("weights must be finite numbers")
-        return rows[self.key_concept].to(self.bank.device)
+        return rows[self.key_concept]
 
     def targets(self, weight: torch.Tensor, concept_weights: Sequence[Sequence[float]]) -> torch.Tensor:
-        """``V*`` (m × k) of one projection for per-concept attribute weights."""
-        return self._targets(weight.to(torch.float64) @ self.bank, self.key_weights(concept_weights))
+        """``V*`` (m × k, float64, CPU) of one projection for per-concept attribute weights."""
+        return self._targets(cpu_float64(weight) @ self.bank, self.key_weights(concept_weights))
 
     def _mixing(self, key_weights: torch.Tensor) -> torch.Tensor:
         """``M`` (columns × k): ``M[b, i]`` is the total weight key i gives bank column b, so that
         ``Σ_j w_ij x_{col(i, j)} = (X M)[:, i]`` for any per-column quantity X."""
-        mixing = torch.zeros(self.bank.shape[1], key_weights.shape[0], dtype=torch.float64, device=key_weights.device)
-        keys = torch.arange(key_weights.shape[0], device=key_weights.device)
-        keys = keys[:, None].expand_as(self.key_attribute_columns)
-        mixing.index_put_((self.key_attribute_columns.to(keys.device), keys), key_weights, accumulate=True)
+        mixing = torch.zeros(self.bank.shape[1], key_weights.shape[0], dtype=torch.float64)
+        keys = torch.arange(key_weights.shape[0])[:, None].expand_as(self.key_attribute_columns)
+        mixing.index_put_((self.key_attribute_columns, keys), key_weights, accumulate=True)
         return mixing
 
     def _targets(self, projected: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
@@ -253,11 +253,15 @@ class EditProblem:
         return base + base.norm(dim=0) * (directions @ mixing)
 
     def solve(self, weights: Mapping[str, torch.Tensor], concept_weights: Sequence[Sequence[float]]) -> LowRankUpdate:
-        """``W' − W = L R`` for every layer in ``weights`` (the current, possibly compounded, W)."""
+        """``W' − W = L R`` for every layer in ``weights`` (the current, possibly compounded, W).
+
+        ``weights`` may live on any device, in any dtype; the solve runs in float64 on the CPU and the factors
+        stay there (:meth:`Edit.apply <mist_debias.core.edit.Edit.apply>` moves them to the model).
+        """
         key_weights = self.key_weights(concept_weights)
         left = {}
         for name, w in weights.items():
-            projected = w.to(torch.float64) @ self.bank
+            projected = cpu_float64(w) @ self.bank
             targets = self._targets(projected, key_weights)
             left[name] = self.hparams.edit_scale * (targets - projected[:, self.concept_key_columns])
         return LowRankUpdate(right=self.right, left=left)
