@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -204,3 +206,15 @@ def test_format_1_files_with_the_float16_fingerprint_still_load_and_check(sd1_pi
     Edit.load(path).apply(sd1_pipe).revert()
     with pytest.raises(EditFileError, match="another base model"):
         Edit.load(path).apply(build_pipeline("sd1", seed=99))
+
+
+def test_edit_and_lora_files_get_the_same_mode_as_every_other_file(sd1_pipe, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        edit = solve(sd1_pipe)
+        path = edit.save(tmp_path / "edit.safetensors")
+        lora = edit.export_lora(sd1_pipe, tmp_path / "lora")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [stat.S_IMODE(p.stat().st_mode) for p in lora.rglob("*") if p.is_file()] == [0o644]
