@@ -44,7 +44,7 @@ def test_normal_equations_hold(problem):
 
 def test_low_rank_form_reconstructs_dense_solution_and_rank(problem):
     weights, keys, targets, preserve = problem
-    hp = EditHyperparameters()
+    hp = EditHyperparameters(lam=0.5)
     update = solve_edit(weights, keys, targets, preserve, hp)
     assert update.right.shape == (K, D)
     for name, w in weights.items():
@@ -56,7 +56,7 @@ def test_low_rank_form_reconstructs_dense_solution_and_rank(problem):
 def test_zero_change_targets_give_exactly_zero_edit(problem):
     weights, keys, _, preserve = problem
     targets = {name: w.to(torch.float64) @ keys for name, w in weights.items()}
-    update = solve_edit(weights, keys, targets, preserve, EditHyperparameters())
+    update = solve_edit(weights, keys, targets, preserve, EditHyperparameters(lam=0.5))
     assert all(torch.count_nonzero(left) == 0 for left in update.left.values())
 
 
@@ -72,14 +72,14 @@ def test_larger_preserve_scale_moves_preserved_tokens_less(problem):
     weights, keys, targets, preserve = problem
     changes = []
     for scale in (0.0, 0.1, 0.2, 1.0, 5.0):
-        update = solve_edit(weights, keys, targets, preserve, EditHyperparameters(preserve_scale=scale))
+        update = solve_edit(weights, keys, targets, preserve, EditHyperparameters(lam=0.5, preserve_scale=scale))
         changes.append((update.delta("a") @ preserve).norm().item())
     assert all(later < earlier for earlier, later in itertools.pairwise(changes))
 
 
 def test_compounding_keeps_the_shared_factor(problem):
     weights, keys, targets, preserve = problem
-    hp = EditHyperparameters()
+    hp = EditHyperparameters(lam=0.5)
     first = solve_edit(weights, keys, targets, preserve, hp)
     compounded = {name: w.to(torch.float64) + first.delta(name) for name, w in weights.items()}
     second_targets = {name: t * 1.5 for name, t in targets.items()}
@@ -99,3 +99,10 @@ def test_compounding_keeps_the_shared_factor(problem):
 def test_bad_hyperparameters(kwargs, message):
     with pytest.raises(MistError, match=message):
         EditHyperparameters(**kwargs)
+
+
+def test_the_solver_needs_a_lambda(problem):
+    weights, keys, targets, preserve = problem
+    with pytest.raises(MistError, match="λ is not set"):
+        solve_edit(weights, keys, targets, preserve, EditHyperparameters())
+    assert EditHyperparameters().for_method("time").lam == 0.1

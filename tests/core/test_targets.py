@@ -90,7 +90,16 @@ def test_time_aligns_source_and_destination_tokens(sd1_pipe):
     torch.testing.assert_close(targets[:, 3], w @ destination[3], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(targets[:, 5], w @ destination[6], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(targets[:, 6], w @ destination[7], rtol=1e-6, atol=1e-6)
-    assert problem.hparams.lam == 0.5  # λ is the caller's choice; the CLI uses 0.1 for TIME
+
+
+@pytest.mark.parametrize(("method", "lam"), [("mist", 0.5), ("uce", 0.5), ("time", 0.1)])
+def test_the_library_uses_each_methods_lambda_unless_given(sd1_pipe, method, lam):
+    encoder = PromptEncoder(sd1_pipe)
+    concepts = [ConceptPrompts("a photo of a doctor", GENDER[:1])]
+    assert EditProblem(encoder, concepts, method=method).hparams.lam == lam
+    scaled = EditProblem(encoder, concepts, method=method, hparams=EditHyperparameters(edit_scale=2.0)).hparams
+    assert (scaled.lam, scaled.edit_scale) == (lam, 2.0)
+    assert EditProblem(encoder, concepts, method=method, hparams=EditHyperparameters(lam=0.3)).hparams.lam == 0.3
 
 
 def test_eos_pad_keys_are_aligned_by_offset_and_rank_bounded(sd1_pipe):

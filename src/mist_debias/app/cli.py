@@ -100,10 +100,8 @@ def edit(
     if len(weight_list) != len(attribute):
         raise MistError(f"{len(attribute)} --attribute prompts but {len(weight_list)} --weights")
     concepts = [ConceptPrompts(prompt, tuple(attribute)) for prompt in concept]
-    hparams = EditHyperparameters(
-        lam=lam if lam is not None else (0.1 if method is MethodChoice.time else 0.5),
-        edit_scale=edit_scale,
-        preserve_scale=preserve_scale,
+    hparams = EditHyperparameters(lam=lam, edit_scale=edit_scale, preserve_scale=preserve_scale).for_method(
+        method.value
     )
     check_output_path(out, force)
     pipe = _load(model, device, dtype)

@@ -23,8 +23,9 @@ small products per layer. The factors are moved to the model's device, in its dt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,31 +37,47 @@ def cpu_float64(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu().to(torch.float64)
 
 
+DEFAULT_LAM: dict[str, float] = {"mist": 0.5, "uce": 0.5, "time": 0.1}
+"""λ per method when none is given: 0.5 for MIST and UCE, 0.1 for TIME (each paper's setting)."""
+
+
 @dataclass(frozen=True)
 class EditHyperparameters:
-    """λ (``lam``), η_e (``edit_scale``) and η_p (``preserve_scale``) of the closed form."""
+    """λ (``lam``), η_e (``edit_scale``) and η_p (``preserve_scale``) of the closed form.
 
-    lam: float = 0.5
+    ``lam=None`` stands for the method's default (:data:`DEFAULT_LAM`), filled in by :meth:`for_method` (which
+    :class:`~mist_debias.core.targets.EditProblem` calls); the solver itself needs a number.
+    """
+
+    lam: float | None = None
     edit_scale: float = 1.0
     preserve_scale: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("lam", "edit_scale", "preserve_scale"):
             value = getattr(self, name)
-            if not torch.isfinite(torch.tensor(float(value))):
+            if value is not None and not math.isfinite(float(value)):
                 raise MistError(f"{name} must be a finite number, got {value}")
-        if self.lam <= 0:
+        if self.lam is not None and self.lam <= 0:
             raise MistError(f"lam must be > 0 (it keeps A invertible), got {self.lam}")
         if self.edit_scale <= 0:
             raise MistError(f"edit_scale must be > 0, got {self.edit_scale}")
         if self.preserve_scale < 0:
             raise MistError(f"preserve_scale must be ≥ 0, got {self.preserve_scale}")
 
+    def for_method(self, method: str) -> EditHyperparameters:
+        """These hyperparameters with an unset λ replaced by ``method``'s default (:data:`DEFAULT_LAM`)."""
+        if method not in DEFAULT_LAM:
+            raise MistError(f"unknown method {method!r}; expected one of {', '.join(DEFAULT_LAM)}")
+        return self if self.lam is not None else replace(self, lam=DEFAULT_LAM[method])
+
 
 def gram_matrix(
     edit_keys: torch.Tensor, preserve_keys: torch.Tensor | None, hparams: EditHyperparameters
 ) -> torch.Tensor:
     """``A = λ I + η_e C Cᵀ + η_p P Pᵀ`` (d × d, float64, CPU) from keys stored as columns."""
+    if hparams.lam is None:
+        raise MistError("λ is not set: give lam, or call EditHyperparameters.for_method(method) for its default")
     keys = cpu_float64(edit_keys)
     a = hparams.lam * torch.eye(keys.shape[0], dtype=torch.float64)
     a = a + hparams.edit_scale * keys @ keys.T

@@ -141,7 +141,7 @@ class EditProblem:
         self.method = method
         self.keys = keys
         self.mist_form = mist_form
-        self.hparams = hparams or EditHyperparameters()
+        self.hparams = (hparams or EditHyperparameters()).for_method(method)
         self.preserve_prompts = tuple(preserve_prompts)
         self._build_bank(encoder)
         self.right = shared_factor(self.edit_keys, self.preserve_keys, self.hparams)

@@ -51,7 +51,6 @@ from mist_debias.measure.classifiers.clip import CLASSIFY_MODES, DEFAULT_TEMPLAT
 CONTROLLERS = ("adaptive", "official")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MIST_FORMS = ("paper", "running")
-DEFAULT_LAM = {"mist": 0.5, "uce": 0.5, "time": 0.1}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 
 
@@ -309,8 +308,8 @@ class EditSettings:
 
     def hyperparameters(self) -> EditHyperparameters:
         """λ, η_e, η_p as :class:`~mist_debias.core.solve.EditHyperparameters`."""
-        lam = DEFAULT_LAM[self.method] if self.lam is None else self.lam
-        return EditHyperparameters(lam=lam, edit_scale=self.edit_scale, preserve_scale=self.preserve_scale)
+        hparams = EditHyperparameters(lam=self.lam, edit_scale=self.edit_scale, preserve_scale=self.preserve_scale)
+        return hparams.for_method(self.method)
 
 
 @dataclass(frozen=True)
