@@ -218,3 +218,17 @@ def test_edit_and_lora_files_get_the_same_mode_as_every_other_file(sd1_pipe, tmp
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert [stat.S_IMODE(p.stat().st_mode) for p in lora.rglob("*") if p.is_file()] == [0o644]
+
+
+def test_from_pretrained_loads_a_file_or_a_folder_holding_edit_safetensors(sd1_pipe, tmp_path):
+    edit = solve(sd1_pipe)
+    run = tmp_path / "run"
+    run.mkdir()
+    edit.save(run / "edit.safetensors")
+    for source in (run, run / "edit.safetensors", str(run)):
+        loaded = Edit.from_pretrained(source)
+        assert torch.equal(loaded.right, edit.right) and loaded.base_fingerprint == edit.base_fingerprint
+    with pytest.raises(EditFileError, match=r"folder without edit\.safetensors"):
+        Edit.from_pretrained(tmp_path)
+    with pytest.raises(EditFileError, match="not found"):
+        Edit.from_pretrained(tmp_path / "missing.safetensors")

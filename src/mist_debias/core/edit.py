@@ -36,6 +36,8 @@ FORMAT = "mist-debias-edit"
 FORMAT_VERSION = 2
 """2: sign-bit fingerprint (dtype-independent); format-1 files (float16 fingerprint) are still read."""
 FINGERPRINT_PREFIX = "sign-sha256:"
+EDIT_FILE_NAME = "edit.safetensors"
+"""The edit's file name inside a folder (a debias run folder), for :meth:`Edit.from_pretrained`."""
 RIGHT_KEY = "right"
 LEFT_PREFIX = "left."
 
@@ -202,6 +204,17 @@ class Edit:
         with atomic_file(Path(path), force=force) as temp:
             save_file(tensors, str(temp), metadata=header)
         return Path(path)
+
+    @classmethod
+    def from_pretrained(cls, path_or_folder: str | Path) -> Edit:
+        """Load an edit the way diffusers loads models: from an edit file, or from a folder holding
+        ``edit.safetensors`` (a debias run folder). A file path is :meth:`load`."""
+        path = Path(path_or_folder)
+        if path.is_dir():
+            path = path / EDIT_FILE_NAME
+            if not path.is_file():
+                raise EditFileError(f"{path_or_folder} is a folder without {EDIT_FILE_NAME}")
+        return cls.load(path)
 
     @classmethod
     def load(cls, path: Path) -> Edit:
