@@ -187,3 +187,35 @@ def test_solve_runs_in_float64_on_the_cpu_while_the_model_lives_on_a_device(sd1_
         assert all(type(f) is torch.Tensor and f.dtype == torch.float64 and f.device.type == "cpu" for f in factors)
         target = problem.targets(next(iter(weights.values())), [[0.7]])
         assert type(target) is torch.Tensor and target.dtype == torch.float64
+
+
+def test_production_solve_equals_an_independent_dense_solve(sd1_pipe):
+    """EditProblem.solve against W' = (λW + η_e V* Cᵀ + η_p W P Pᵀ) A⁻¹ solved densely here, for hyperparameters
+    other than the defaults: the normal equations hold and W' − W has rank k."""
+    encoder = PromptEncoder(sd1_pipe)
+    cells = ("a photo of a man", "a photo of a woman", "a photo of an old person")
+    professions = ("a photo of a doctor", "a photo of a nurse", "a photo of a CEO")
+    hp = EditHyperparameters(lam=0.3, edit_scale=1.7, preserve_scale=0.4)
+    problem = EditProblem(
+        encoder, [ConceptPrompts(p, cells) for p in professions], hparams=hp, preserve_prompts=("", "a teacher")
+    )
+    concept_weights = [[0.4, -0.1, 0.3], [-0.3, 0.6, 0.1], [0.2, 0.2, -0.5]]
+    weights = current_weights(sd1_pipe)
+    update = problem.solve(weights, concept_weights)
+    keys = torch.stack([encoder.encode([p])[0, encoder.tokenize(p).eos_index] for p in professions], 1).double()
+    preserve = encoder.encode(["", "a teacher"]).double().reshape(-1, keys.shape[0]).T
+    # the problem's keys are these (up to the float32 rounding of a shorter encoding); solve with its exact ones
+    torch.testing.assert_close(problem.edit_keys, keys, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(problem.preserve_keys, preserve, rtol=1e-5, atol=1e-5)
+    keys, preserve = problem.edit_keys, problem.preserve_keys
+    a = hp.lam * torch.eye(keys.shape[0], dtype=torch.float64) + hp.edit_scale * keys @ keys.T
+    a = a + hp.preserve_scale * preserve @ preserve.T
+    for name, w in weights.items():
+        w = w.double()
+        targets = problem.targets(w, concept_weights)
+        rhs = hp.lam * w + hp.edit_scale * targets @ keys.T + hp.preserve_scale * w @ preserve @ preserve.T
+        dense = torch.linalg.solve(a, rhs.T).T
+        edited = w + update.delta(name)
+        torch.testing.assert_close(edited, dense, rtol=1e-9, atol=1e-9)
+        assert ((edited @ a - rhs).abs().max() / rhs.abs().max()).item() < 1e-10
+        assert torch.linalg.matrix_rank(edited - w, rtol=1e-9).item() == 3
