@@ -141,6 +141,9 @@ def test_load_refuses_a_file_without_fingerprint_with_one_clear_error(tmp_path):
     path = _edit_file(tmp_path / "edit.safetensors", tensors, {"layers": ["a.to_k"], "rank": 1})
     with pytest.raises(EditFileError, match="no base-model fingerprint"):
         Edit.load(path)
+    for metadata in (["a.to_k"], {"layers": "a.to_k"}):
+        with pytest.raises(EditFileError, match="not a valid edit: its metadata"):
+            Edit.load(_edit_file(tmp_path / "odd.safetensors", tensors, metadata))
 
 
 @pytest.mark.parametrize(

@@ -235,6 +235,8 @@ class Edit:
             if isinstance(error, EditFileError):
                 raise
             raise EditFileError(f"{path} is not a readable edit file (truncated or not safetensors)") from None
+        if not isinstance(info, dict) or not isinstance(info.get("layers", []), list):
+            raise EditFileError(f"{path} is not a valid edit: its metadata is not an object with a layer list")
         layers = info.get("layers", [])
         if RIGHT_KEY not in tensors or set(tensors) != {RIGHT_KEY, *(LEFT_PREFIX + name for name in layers)}:
             raise EditFileError(f"{path} is incomplete: its tensors do not match its layer list")
