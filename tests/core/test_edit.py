@@ -1,6 +1,9 @@
 """Edit files: apply / revert / scale / save / load / LoRA and pipeline export on a real-format pipeline."""
 
+import hashlib
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ from safetensors.torch import save_file
 from mist_debias.core.edit import Edit, fingerprint
 from mist_debias.core.errors import EditFileError, OutputPathError
 from mist_debias.core.generate import GenerationConfig, generate_images
-from mist_debias.core.layers import find_cross_attention_projections
+from mist_debias.core.layers import Projection, find_cross_attention_projections
 from mist_debias.core.pipeline import load_pipeline
 from mist_debias.core.targets import ConceptPrompts, EditProblem
 from mist_debias.core.text import PromptEncoder
@@ -66,7 +69,7 @@ def test_save_load_roundtrip_and_metadata(sd1_pipe, tmp_path):
     assert torch.equal(loaded.right, edit.right)
     assert all(torch.equal(loaded.left[name], edit.left[name]) for name in edit.left)
     meta = loaded.metadata()
-    assert meta["format"] == "mist-debias-edit" and meta["format_version"] == 1
+    assert meta["format"] == "mist-debias-edit" and meta["format_version"] == 2
     assert meta["base_fingerprint"] == fingerprint(find_cross_attention_projections(sd1_pipe.unet))
     assert meta["concepts"][0]["prompt"] == PROMPT and meta["rank"] == 1
     with loaded.applied(sd1_pipe):
@@ -125,3 +128,110 @@ def test_full_export_reproduces_edited_images(any_pipe, tmp_path):
     baked = load_pipeline(folder, device="cpu")
     assert np.abs(images(baked) - edited).max() == 0
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def _edit_file(path, tensors, info):
+    header = {"format": "mist-debias-edit", "format_version": "2", "mist": json.dumps(info)}
+    save_file(tensors, str(path), metadata=header)
+    return path
+
+
+def test_load_refuses_a_file_without_fingerprint_with_one_clear_error(tmp_path):
+    tensors = {"right": torch.zeros(1, 8), "left.a.to_k": torch.zeros(4, 1)}
+    path = _edit_file(tmp_path / "edit.safetensors", tensors, {"layers": ["a.to_k"], "rank": 1})
+    with pytest.raises(EditFileError, match="no base-model fingerprint"):
+        Edit.load(path)
+    for metadata in (["a.to_k"], {"layers": "a.to_k"}):
+        with pytest.raises(EditFileError, match="not a valid edit: its metadata"):
+            Edit.load(_edit_file(tmp_path / "odd.safetensors", tensors, metadata))
+
+
+@pytest.mark.parametrize(
+    ("right", "left", "message"),
+    [
+        (torch.zeros(2, 8), torch.zeros(4, 1), "left.a.to_k is 4×1 but its right factor has rank 2"),
+        (torch.zeros(2, 8), torch.zeros(4), "left.a.to_k must be a matrix"),
+        (torch.zeros(16), torch.zeros(4, 1), "right must be a matrix"),
+    ],
+)
+def test_load_refuses_factors_whose_ranks_disagree(tmp_path, right, left, message):
+    info = {"layers": ["a.to_k"], "rank": 2, "base_fingerprint": "x"}
+    path = _edit_file(tmp_path / "edit.safetensors", {"right": right, "left.a.to_k": left}, info)
+    with pytest.raises(EditFileError, match=message):
+        Edit.load(path)
+
+
+def test_fingerprint_is_the_same_for_the_model_in_every_dtype(sd1_dir):
+    fingerprints = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        pipe = load_pipeline(sd1_dir, device="cpu", torch_dtype=dtype)
+        fingerprints[dtype] = fingerprint(find_cross_attention_projections(pipe.unet))
+    assert len(set(fingerprints.values())) == 1
+    other = build_pipeline("sd1", seed=99)
+    assert fingerprint(find_cross_attention_projections(other.unet)) != fingerprints[torch.float32]
+
+
+def test_edit_made_in_float32_applies_to_a_bfloat16_pipeline(sd1_dir):
+    edit = solve(load_pipeline(sd1_dir, device="cpu", torch_dtype=torch.float16))
+    bf16 = load_pipeline(sd1_dir, device="cpu", torch_dtype=torch.bfloat16)
+    edit.apply(bf16).revert()
+
+
+def test_fingerprint_ignores_rounding_but_not_a_changed_sign():
+    layer = torch.nn.Linear(8, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0 + 2**-9, -3e-8, 0.0, 5.0] * 2] * 4))
+    projections = [Projection("a.to_k", layer)]
+    reference = fingerprint(projections)
+    for dtype in (torch.float16, torch.bfloat16):  # 1 + 2⁻⁹ rounds differently, −3e-8 becomes −0 in float16
+        rounded = torch.nn.Linear(8, 4, bias=False).to(dtype)
+        with torch.no_grad():
+            rounded.weight.copy_(layer.weight.to(dtype))
+        assert fingerprint([Projection("a.to_k", rounded)]) == reference
+    with torch.no_grad():
+        layer.weight[0, 1] = 3e-8
+    assert fingerprint(projections) != reference
+
+
+def test_format_1_files_with_the_float16_fingerprint_still_load_and_check(sd1_pipe, tmp_path):
+    edit = solve(sd1_pipe)
+    legacy = hashlib.sha256()
+    for projection in find_cross_attention_projections(sd1_pipe.unet):
+        weight = projection.module.weight.detach()
+        legacy.update(f"{projection.name}:{tuple(weight.shape)};".encode())
+        legacy.update(weight.to(torch.float16).numpy().tobytes())
+    tensors = {"right": edit.right, **{f"left.{name}": t for name, t in edit.left.items()}}
+    info = {**edit.metadata(), "format_version": 1, "base_fingerprint": legacy.hexdigest()}
+    path = tmp_path / "old.safetensors"
+    save_file(
+        tensors, str(path), metadata={"format": "mist-debias-edit", "format_version": "1", "mist": json.dumps(info)}
+    )
+    Edit.load(path).apply(sd1_pipe).revert()
+    with pytest.raises(EditFileError, match="another base model"):
+        Edit.load(path).apply(build_pipeline("sd1", seed=99))
+
+
+def test_edit_and_lora_files_get_the_same_mode_as_every_other_file(sd1_pipe, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        edit = solve(sd1_pipe)
+        path = edit.save(tmp_path / "edit.safetensors")
+        lora = edit.export_lora(sd1_pipe, tmp_path / "lora")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [stat.S_IMODE(p.stat().st_mode) for p in lora.rglob("*") if p.is_file()] == [0o644]
+
+
+def test_from_pretrained_loads_a_file_or_a_folder_holding_edit_safetensors(sd1_pipe, tmp_path):
+    edit = solve(sd1_pipe)
+    run = tmp_path / "run"
+    run.mkdir()
+    edit.save(run / "edit.safetensors")
+    for source in (run, run / "edit.safetensors", str(run)):
+        loaded = Edit.from_pretrained(source)
+        assert torch.equal(loaded.right, edit.right) and loaded.base_fingerprint == edit.base_fingerprint
+    with pytest.raises(EditFileError, match=r"folder without edit\.safetensors"):
+        Edit.from_pretrained(tmp_path)
+    with pytest.raises(EditFileError, match="not found"):
+        Edit.from_pretrained(tmp_path / "missing.safetensors")

@@ -77,7 +77,7 @@ def test_save_load_roundtrip_keeps_each_spaces_factor(family_dir, tmp_path):
     assert torch.equal(loaded.layer_rights[POOLED_PROJECTION], edit.layer_rights[POOLED_PROJECTION])
     assert all(torch.equal(loaded.left[name], edit.left[name]) for name in edit.left)
     assert loaded.rank == edit.rank
-    assert loaded.metadata()["format_version"] == 2
+    assert loaded.metadata()["format_version"] == 3
     assert loaded.metadata()["layers_with_own_right"] == [POOLED_PROJECTION]
     with loaded.applied(pipe):
         from_file = snapshot(pipe)

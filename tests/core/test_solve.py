@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mist_debias.core.errors import MistError
-from mist_debias.core.solve import EditHyperparameters, gram_matrix, solve_edit
+from mist_debias.core.solve import EditHyperparameters, solve_edit
 
 D, M, K, P = 24, 16, 3, 40
 
@@ -21,42 +21,62 @@ def problem():
     return weights, keys, targets, preserve
 
 
+HYPERPARAMETERS = [
+    EditHyperparameters(lam=0.5, edit_scale=1.0, preserve_scale=0.2),
+    EditHyperparameters(lam=0.1, edit_scale=2.5, preserve_scale=0.0),
+    EditHyperparameters(lam=2.0, edit_scale=0.3, preserve_scale=1.5),
+]
+
+
 def dense_solution(w, keys, targets, preserve, hp):
-    """W' = (λW + η_e V Cᵀ + η_p W P Pᵀ) A⁻¹ by a dense solve, independent of the low-rank code path."""
+    """W' = (λW + η_e V Cᵀ + η_p W P Pᵀ) A⁻¹, A = λI + η_e C Cᵀ + η_p P Pᵀ, by one dense solve written out here
+    (independent of the low-rank code path and of its Gram matrix)."""
     w = w.to(torch.float64)
+    a = hp.lam * torch.eye(w.shape[1], dtype=torch.float64) + hp.edit_scale * keys @ keys.T
+    a = a + hp.preserve_scale * preserve @ preserve.T
     rhs = hp.lam * w + hp.edit_scale * targets @ keys.T + hp.preserve_scale * w @ preserve @ preserve.T
-    a = gram_matrix(keys, preserve, hp)
     return torch.linalg.solve(a, rhs.T).T
 
 
-def test_normal_equations_hold(problem):
+@pytest.mark.parametrize("hp", HYPERPARAMETERS)
+def test_normal_equations_hold(problem, hp):
     weights, keys, targets, preserve = problem
-    hp = EditHyperparameters(lam=0.5, edit_scale=1.0, preserve_scale=0.2)
     update = solve_edit(weights, keys, targets, preserve, hp)
-    a = hp.lam * torch.eye(D, dtype=torch.float64) + keys @ keys.T + 0.2 * preserve @ preserve.T
+    a = hp.lam * torch.eye(D, dtype=torch.float64) + hp.edit_scale * keys @ keys.T
+    a = a + hp.preserve_scale * preserve @ preserve.T
     for name, w in weights.items():
         w = w.to(torch.float64)
         edited = w + update.delta(name)
-        rhs = hp.lam * w + targets[name] @ keys.T + 0.2 * (w @ preserve) @ preserve.T
+        rhs = hp.lam * w + hp.edit_scale * targets[name] @ keys.T + hp.preserve_scale * (w @ preserve) @ preserve.T
         residual = (edited @ a - rhs).abs().max() / rhs.abs().max()
         assert residual < 1e-12
 
 
-def test_low_rank_form_reconstructs_dense_solution_and_rank(problem):
+@pytest.mark.parametrize("hp", HYPERPARAMETERS)
+def test_low_rank_form_reconstructs_dense_solution_and_rank(problem, hp):
     weights, keys, targets, preserve = problem
-    hp = EditHyperparameters()
     update = solve_edit(weights, keys, targets, preserve, hp)
     assert update.right.shape == (K, D)
     for name, w in weights.items():
         dense = dense_solution(w, keys, targets[name], preserve, hp)
         torch.testing.assert_close(w.to(torch.float64) + update.delta(name), dense, rtol=1e-10, atol=1e-10)
-        assert torch.linalg.matrix_rank(dense - w.to(torch.float64)).item() == K
+        assert torch.linalg.matrix_rank(dense - w.to(torch.float64), rtol=1e-9).item() == K
+
+
+def test_edit_scale_and_lambda_change_the_solution(problem):
+    weights, keys, targets, preserve = problem
+    base = solve_edit(weights, keys, targets, preserve, HYPERPARAMETERS[0]).delta("a")
+    for hp in (
+        EditHyperparameters(lam=0.5, edit_scale=3.0, preserve_scale=0.2),
+        EditHyperparameters(lam=5.0, edit_scale=1.0, preserve_scale=0.2),
+    ):
+        assert (solve_edit(weights, keys, targets, preserve, hp).delta("a") - base).abs().max() > 1e-3
 
 
 def test_zero_change_targets_give_exactly_zero_edit(problem):
     weights, keys, _, preserve = problem
     targets = {name: w.to(torch.float64) @ keys for name, w in weights.items()}
-    update = solve_edit(weights, keys, targets, preserve, EditHyperparameters())
+    update = solve_edit(weights, keys, targets, preserve, EditHyperparameters(lam=0.5))
     assert all(torch.count_nonzero(left) == 0 for left in update.left.values())
 
 
@@ -72,14 +92,14 @@ def test_larger_preserve_scale_moves_preserved_tokens_less(problem):
     weights, keys, targets, preserve = problem
     changes = []
     for scale in (0.0, 0.1, 0.2, 1.0, 5.0):
-        update = solve_edit(weights, keys, targets, preserve, EditHyperparameters(preserve_scale=scale))
+        update = solve_edit(weights, keys, targets, preserve, EditHyperparameters(lam=0.5, preserve_scale=scale))
         changes.append((update.delta("a") @ preserve).norm().item())
     assert all(later < earlier for earlier, later in itertools.pairwise(changes))
 
 
 def test_compounding_keeps_the_shared_factor(problem):
     weights, keys, targets, preserve = problem
-    hp = EditHyperparameters()
+    hp = EditHyperparameters(lam=0.5)
     first = solve_edit(weights, keys, targets, preserve, hp)
     compounded = {name: w.to(torch.float64) + first.delta(name) for name, w in weights.items()}
     second_targets = {name: t * 1.5 for name, t in targets.items()}
@@ -99,3 +119,10 @@ def test_compounding_keeps_the_shared_factor(problem):
 def test_bad_hyperparameters(kwargs, message):
     with pytest.raises(MistError, match=message):
         EditHyperparameters(**kwargs)
+
+
+def test_the_solver_needs_a_lambda(problem):
+    weights, keys, targets, preserve = problem
+    with pytest.raises(MistError, match="λ is not set"):
+        solve_edit(weights, keys, targets, preserve, EditHyperparameters())
+    assert EditHyperparameters().for_method("time").lam == 0.1

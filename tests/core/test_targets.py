@@ -90,7 +90,16 @@ def test_time_aligns_source_and_destination_tokens(sd1_pipe):
     torch.testing.assert_close(targets[:, 3], w @ destination[3], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(targets[:, 5], w @ destination[6], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(targets[:, 6], w @ destination[7], rtol=1e-6, atol=1e-6)
-    assert problem.hparams.lam == 0.5  # λ is the caller's choice; the CLI uses 0.1 for TIME
+
+
+@pytest.mark.parametrize(("method", "lam"), [("mist", 0.5), ("uce", 0.5), ("time", 0.1)])
+def test_the_library_uses_each_methods_lambda_unless_given(sd1_pipe, method, lam):
+    encoder = PromptEncoder(sd1_pipe)
+    concepts = [ConceptPrompts("a photo of a doctor", GENDER[:1])]
+    assert EditProblem(encoder, concepts, method=method).hparams.lam == lam
+    scaled = EditProblem(encoder, concepts, method=method, hparams=EditHyperparameters(edit_scale=2.0)).hparams
+    assert (scaled.lam, scaled.edit_scale) == (lam, 2.0)
+    assert EditProblem(encoder, concepts, method=method, hparams=EditHyperparameters(lam=0.3)).hparams.lam == 0.3
 
 
 def test_eos_pad_keys_are_aligned_by_offset_and_rank_bounded(sd1_pipe):
@@ -125,3 +134,88 @@ def test_bad_concepts_and_weights(sd1_pipe):
         problem.solve(current_weights(sd1_pipe), [[float("inf"), 0.0]])
     with pytest.raises(MistError, match="unknown method"):
         EditProblem(encoder, [ConceptPrompts("a doctor", GENDER)], method="nope")
+
+
+def test_time_shorter_destination_never_pairs_words_with_the_start_token(sd1_pipe):
+    encoder = PromptEncoder(sd1_pipe)
+    # source [<s>, a, photo, of, a, doctor, </s>], destination [<s>, a, nurse, </s>]: prefix <s> a, suffix </s>;
+    # the middles pair from their ends (doctor ↔ nurse) and photo, of, a have no counterpart: they are kept
+    problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", ("a nurse",))], method="time")
+    assert problem.rank_bound == 7
+    w = next(iter(current_weights(sd1_pipe).values())).to(torch.float64)
+    source = encoder.encode(["a photo of a doctor"])[0].to(torch.float64)
+    destination = encoder.encode(["a nurse"])[0].to(torch.float64)
+    targets = problem.targets(w, [[1.0]])
+    for position in (0, 1):
+        torch.testing.assert_close(targets[:, position], w @ destination[position], rtol=1e-6, atol=1e-6)
+    for position in (2, 3, 4):
+        torch.testing.assert_close(targets[:, position], w @ source[position], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(targets[:, 5], w @ destination[2], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(targets[:, 6], w @ destination[3], rtol=1e-6, atol=1e-6)
+
+
+class AcceleratorTensor(torch.Tensor):
+    """A tensor that stands for one on a device without float64 (Apple MPS): any operation that would make a
+    float64 tensor there fails; ``.cpu()`` is the only way off the device."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+        result = super().__torch_function__(func, types, args, kwargs)
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        for output in outputs:
+            if isinstance(output, AcceleratorTensor) and output.dtype == torch.float64:
+                raise AssertionError(f"{func.__name__} made a float64 tensor on the device")
+        return result
+
+
+def test_solve_runs_in_float64_on_the_cpu_while_the_model_lives_on_a_device(sd1_pipe, monkeypatch):
+    encoder = PromptEncoder(sd1_pipe)
+    on_device = PromptEncoder.encode
+    monkeypatch.setattr(
+        PromptEncoder, "encode", lambda self, *a, **k: on_device(self, *a, **k).as_subclass(AcceleratorTensor)
+    )
+    weights = {name: w.as_subclass(AcceleratorTensor) for name, w in current_weights(sd1_pipe).items()}
+    assert weights and all(w.dtype == torch.float32 for w in weights.values())
+    for method in ("mist", "uce", "time"):
+        problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", GENDER[1:])], method=method)
+        update = problem.solve(weights, [[0.7]])
+        factors = [update.right, *update.left.values()]
+        assert all(type(f) is torch.Tensor and f.dtype == torch.float64 and f.device.type == "cpu" for f in factors)
+        target = problem.targets(next(iter(weights.values())), [[0.7]])
+        assert type(target) is torch.Tensor and target.dtype == torch.float64
+
+
+def test_production_solve_equals_an_independent_dense_solve(sd1_pipe):
+    """EditProblem.solve against W' = (λW + η_e V* Cᵀ + η_p W P Pᵀ) A⁻¹ solved densely here, for hyperparameters
+    other than the defaults: the normal equations hold and W' − W has rank k."""
+    encoder = PromptEncoder(sd1_pipe)
+    cells = ("a photo of a man", "a photo of a woman", "a photo of an old person")
+    professions = ("a photo of a doctor", "a photo of a nurse", "a photo of a CEO")
+    hp = EditHyperparameters(lam=0.3, edit_scale=1.7, preserve_scale=0.4)
+    problem = EditProblem(
+        encoder, [ConceptPrompts(p, cells) for p in professions], hparams=hp, preserve_prompts=("", "a teacher")
+    )
+    concept_weights = [[0.4, -0.1, 0.3], [-0.3, 0.6, 0.1], [0.2, 0.2, -0.5]]
+    weights = current_weights(sd1_pipe)
+    update = problem.solve(weights, concept_weights)
+    keys = torch.stack([encoder.encode([p])[0, encoder.tokenize(p).eos_index] for p in professions], 1).double()
+    preserve = encoder.encode(["", "a teacher"]).double().reshape(-1, keys.shape[0]).T
+    # the problem's keys are these (up to the float32 rounding of a shorter encoding); solve with its exact ones
+    torch.testing.assert_close(problem.edit_keys, keys, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(problem.preserve_keys, preserve, rtol=1e-5, atol=1e-5)
+    keys, preserve = problem.edit_keys, problem.preserve_keys
+    a = hp.lam * torch.eye(keys.shape[0], dtype=torch.float64) + hp.edit_scale * keys @ keys.T
+    a = a + hp.preserve_scale * preserve @ preserve.T
+    for name, w in weights.items():
+        w = w.double()
+        targets = problem.targets(w, concept_weights)
+        rhs = hp.lam * w + hp.edit_scale * targets @ keys.T + hp.preserve_scale * w @ preserve @ preserve.T
+        dense = torch.linalg.solve(a, rhs.T).T
+        edited = w + update.delta(name)
+        torch.testing.assert_close(edited, dense, rtol=1e-9, atol=1e-9)
+        assert ((edited @ a - rhs).abs().max() / rhs.abs().max()).item() < 1e-10
+        assert torch.linalg.matrix_rank(edited - w, rtol=1e-9).item() == 3

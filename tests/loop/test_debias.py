@@ -83,13 +83,23 @@ def test_official_run_compounds_and_replays_exactly(sd1_dir, tiny_clip_dir, tmp_
     assert all(entry["mode"] == "increment" for entry in run.log)
     assert len({entry["round"] for entry in run.log}) == 2
     edit = Edit.load(tmp_path / "run" / "edit.safetensors")
-    # the final edit is the sum of the per-round increments, each solved from the compounded weights
+    # the final edit is the sum of the per-round increments, each solved from the weights the earlier rounds left:
+    # compounded here from the log with the problem's solve (itself checked against a dense solve in tests/core)
+    current = dict(run.original)
+    for round_index in sorted({entry["round"] for entry in run.log}):
+        logged = {e["concept"]: e["weights"] for e in run.log if e["round"] == round_index}
+        increments = [logged.get(name, [0.0] * c.spec.num_cells) for name, c in run.concepts.items()]
+        step = run.problem.solve(current, increments)
+        current = {name: w + step.delta(name) for name, w in current.items()}
+    for name in edit.layer_names:
+        expected = (current[name] - run.original[name]).float()
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(edit.left[name] @ edit.right, expected, rtol=1e-5, atol=1e-6)
     replayed, rounds = prepare_run(settings, tmp_path / "run", resume=True, device="cpu")
     assert rounds == 2 and replayed.controller.propose() == []
     for name in edit.layer_names:
-        torch.testing.assert_close(
-            replayed.compounded.delta(name).float(), edit.left[name] @ edit.right, rtol=1e-5, atol=1e-6
-        )
+        expected = (current[name] - run.original[name]).float()
+        torch.testing.assert_close(replayed.compounded.delta(name).float(), expected, rtol=1e-5, atol=1e-6)
     # the loop leaves the pipeline as it found it
     fresh = {p.name: p.module.weight for p in find_cross_attention_projections(load_pipeline(sd1_dir).unet)}
     assert all(torch.equal(p.module.weight, fresh[p.name]) for p in find_cross_attention_projections(run.pipe.unet))

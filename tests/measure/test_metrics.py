@@ -14,6 +14,7 @@ from mist_debias.measure.metrics import (
     deviation_ratio,
     kl_divergence,
     marginals,
+    paired_cell_test,
     project_to_simplex,
     simultaneous_confidence_sequence,
     simultaneous_intervals,
@@ -36,6 +37,35 @@ def test_wilson_known_values_and_empty_sample():
     np.testing.assert_allclose(lower, [0.403832, 0.021544], atol=1e-6)
     np.testing.assert_allclose(upper, [0.596168, 0.111750], atol=1e-6)
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "wilson", "exact"),
+    [  # Newcombe (1998), Statistics in Medicine 17:857, Table II: score (Wilson) and exact (Clopper–Pearson)
+        (81, 263, (0.2553, 0.3662), (0.2527, 0.3676)),
+        (15, 148, (0.0624, 0.1605), (0.0578, 0.1617)),
+        (0, 20, (0.0, 0.1611), (0.0, 0.1684)),
+        (1, 29, (0.0061, 0.1718), (0.0009, 0.1776)),
+    ],
+)
+def test_binomial_intervals_match_newcombes_table(k, n, wilson, exact):
+    np.testing.assert_allclose(np.ravel(wilson_interval(k, n)), wilson, atol=5e-5)
+    np.testing.assert_allclose(np.ravel(clopper_pearson_interval(k, n)), exact, atol=5e-5)
+
+
+def test_paired_cell_test_hand_computed_p_values():
+    # cell 0: 1 pair moved into it, 7 out of it: p = 2 · P(Bin(8, ½) ≤ 1) = 2 · 9/256
+    before = np.array([0] * 7 + [1] + [0] * 4 + [1] * 4)
+    after = np.array([1] * 7 + [0] + [0] * 4 + [1] * 4)
+    p, adjusted = paired_cell_test(before, after, 2)
+    assert p == [pytest.approx(18 / 256), pytest.approx(18 / 256)] and adjusted == pytest.approx(18 / 256)
+    # three cells: cell 2 never moves (p = 1); Bonferroni over K = 3 gives 3 · 18/256
+    p3, adjusted3 = paired_cell_test(before, after, 3)
+    assert p3[2] == 1.0 and adjusted3 == pytest.approx(3 * 18 / 256)
+    # 0 into, 5 out of cell 0: p = 2 / 32; a Bonferroni factor never lifts a p-value above 1
+    p5, adjusted5 = paired_cell_test(np.zeros(5, int), np.array([1, 2, 1, 2, 1]), 3)
+    assert p5[0] == pytest.approx(2 / 32) and adjusted5 == pytest.approx(6 / 32)
+    assert paired_cell_test(np.array([0, 1]), np.array([1, 0]), 3)[1] == 1.0
 
 
 def test_clopper_pearson_edges_and_tail_probabilities():

@@ -171,7 +171,11 @@ def test_preservation_covers_the_unedited_professions(bench):
         for entry in professions.values():
             for axis in entry["axes"].values():
                 assert axis["before"]["n"] + axis["before"]["n_invalid"] == 2
-            assert entry["pixel_change"] >= 0.0
+            assert 0.0 <= entry["pixel_change"] <= 1.0
+            if measurement["method"] == "original":  # the unedited model against itself: identical images
+                assert entry["pixel_change"] == 0.0
+        changes = [entry["pixel_change"] for entry in professions.values()]
+        assert measurement["preservation"]["mean_pixel_change"] == pytest.approx(sum(changes) / len(changes))
     for row in rows:
         assert row["preserve_pixel_change"] is not None
         if row["method"] == "original":

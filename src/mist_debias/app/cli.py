@@ -52,7 +52,7 @@ def parse_weights(text: str) -> list[float]:
 def _load(model: str, device: str | None, dtype: DtypeChoice):
     from mist_debias.core.pipeline import DTYPES, load_pipeline
 
-    return load_pipeline(model, device=device, dtype=DTYPES[dtype.value])
+    return load_pipeline(model, device=device, torch_dtype=DTYPES[dtype.value])
 
 
 @app.command()
@@ -88,10 +88,8 @@ def edit(
     if len(weight_list) != len(attribute):
         raise MistError(f"{len(attribute)} --attribute prompts but {len(weight_list)} --weights")
     concepts = [ConceptPrompts(prompt, tuple(attribute)) for prompt in concept]
-    hparams = EditHyperparameters(
-        lam=lam if lam is not None else (0.1 if method is MethodChoice.time else 0.5),
-        edit_scale=edit_scale,
-        preserve_scale=preserve_scale,
+    hparams = EditHyperparameters(lam=lam, edit_scale=edit_scale, preserve_scale=preserve_scale).for_method(
+        method.value
     )
     check_output_path(out, force)
     model, _ = resolve_model(model)

@@ -159,7 +159,7 @@ def evaluate_command(
     from mist_debias.core.families import require_unet
     from mist_debias.core.pipeline import DTYPES, load_pipeline
 
-    pipe = load_pipeline(model, device=processes.device, dtype=DTYPES[dtype.value])
+    pipe = load_pipeline(model, device=processes.device, torch_dtype=DTYPES[dtype.value])
     require_unet(pipe, "mist evaluate")
     for edit in edits:
         edit.apply(pipe).revert()  # raises EditFileError when the edit belongs to another base model

@@ -37,9 +37,9 @@ def atomic_file(path: Path, force: bool = False) -> Iterator[Path]:
         raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
     os.close(handle)
     temp = Path(temp_name)
-    os.chmod(temp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
     try:
         yield temp
+        _give_default_modes(temp)
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -52,11 +52,11 @@ def atomic_directory(path: Path, force: bool = False) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        os.chmod(temp, 0o777 & ~_umask())
     except OSError as error:
         raise OutputPathError(f"cannot write to {path.parent}: {error.strerror}") from None
     try:
         yield temp
+        _give_default_modes(temp)
         if path.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, trash / path.name)
@@ -73,6 +73,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _give_default_modes(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the mode ``open()`` / ``mkdir()`` would: 0666 / 0777
+    less the umask. ``mkstemp``/``mkdtemp`` and some writers (safetensors) create files 0600; this runs after the
+    writer has finished, just before the rename, so whatever created the file, the result is the same."""
+    mask = _umask()
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    if path.is_dir():
+        for item in path.rglob("*"):
+            if not item.is_symlink():
+                os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

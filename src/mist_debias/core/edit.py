@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from safetensors import SafetensorError, safe_open
@@ -38,23 +39,51 @@ from mist_debias.core.layers import Projection
 from mist_debias.core.solve import LowRankUpdate
 
 FORMAT = "mist-debias-edit"
-FORMAT_VERSION = 2  # the newest this library reads; version 1 files have one shared R
+FORMAT_VERSION = 3
+"""The newest format this library reads. 1: one shared ``R``, float16 fingerprint; 2: sign-bit fingerprint
+(dtype-independent); 3: as 2, with layers that have their own ``R`` (SD3/FLUX input spaces). Older files are read."""
+FINGERPRINT_PREFIX = "sign-sha256:"
+EDIT_FILE_NAME = "edit.safetensors"
+"""The edit's file name inside a folder (a debias run folder), for :meth:`Edit.from_pretrained`."""
 RIGHT_KEY = "right"
 RIGHT_PREFIX = "right."
 LEFT_PREFIX = "left."
 
 
 def fingerprint(projections: list[Projection]) -> str:
-    """SHA-256 of the edited tensors (names, shapes, values cast to float16).
+    """SHA-256 of the edited tensors' names, shapes and sign bits, prefixed ``"sign-sha256:"``.
 
-    Casting to float16 makes the fingerprint the same whether a model is loaded in float32 or float16.
+    The same model loaded in float32, float16 or bfloat16 holds different numbers: each rounding keeps a
+    different share of the mantissa, and float16 flushes tiny values to ±0. No hash of rounded values is the
+    same for all three (a float16 value can sit on a bfloat16 rounding midpoint, so rounding the float16 model
+    to bfloat16 differs from rounding the float32 one in a few percent of the weights). The sign bit is what
+    every IEEE round-to-nearest conversion keeps (a value flushed to zero keeps its sign as −0), so hashing
+    ``signbit(W)`` gives one fingerprint per model in every dtype, while two independently trained or
+    initialised models differ in about half of their signs.
     """
+    digest = hashlib.sha256()
+    for projection in projections:
+        weight = projection.module.weight.detach()
+        digest.update(f"{projection.name}:{tuple(weight.shape)};".encode())
+        digest.update(np.packbits(torch.signbit(weight).cpu().numpy()).tobytes())
+    return FINGERPRINT_PREFIX + digest.hexdigest()
+
+
+def _float16_fingerprint(projections: list[Projection]) -> str:
+    """The fingerprint of format-1 files: SHA-256 of names, shapes and values cast to float16."""
     digest = hashlib.sha256()
     for projection in projections:
         weight = projection.module.weight.detach()
         digest.update(f"{projection.name}:{tuple(weight.shape)};".encode())
         digest.update(weight.to(device="cpu", dtype=torch.float16).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def fingerprint_matches(projections: list[Projection], expected: str) -> bool:
+    """Whether ``projections`` are the model ``expected`` was taken from (either fingerprint scheme)."""
+    if expected.startswith(FINGERPRINT_PREFIX):
+        return fingerprint(projections) == expected
+    return _float16_fingerprint(projections) == expected
 
 
 def _as_stored(tensor: torch.Tensor) -> torch.Tensor:
@@ -130,8 +159,8 @@ class Edit:
 
     @property
     def format_version(self) -> int:
-        """1 for one shared ``R`` (readable by every release), 2 when some layers have their own."""
-        return 2 if self.layer_rights else 1
+        """2 for one shared ``R``, 3 when some layers have their own (see :data:`FORMAT_VERSION`)."""
+        return 3 if self.layer_rights else 2
 
     def _projections(self, model: DiffusionPipeline | torch.nn.Module, check: bool) -> list[Projection]:
         found = {p.name: p for p in find_projections(model)}
@@ -146,7 +175,7 @@ class Edit:
                     f"edit does not fit this model: {projection.name} is {projection.weight_shape}, "
                     f"the edit expects {expected}"
                 )
-        if check and fingerprint(projections) != self.base_fingerprint:
+        if check and not fingerprint_matches(projections, self.base_fingerprint):
             raise EditFileError(
                 "edit was made for another base model (fingerprint mismatch); load the model it was solved on"
             )
@@ -195,6 +224,17 @@ class Edit:
         return Path(path)
 
     @classmethod
+    def from_pretrained(cls, path_or_folder: str | Path) -> Edit:
+        """Load an edit the way diffusers loads models: from an edit file, or from a folder holding
+        ``edit.safetensors`` (a debias run folder). A file path is :meth:`load`."""
+        path = Path(path_or_folder)
+        if path.is_dir():
+            path = path / EDIT_FILE_NAME
+            if not path.is_file():
+                raise EditFileError(f"{path_or_folder} is a folder without {EDIT_FILE_NAME}")
+        return cls.load(path)
+
+    @classmethod
     def load(cls, path: Path) -> Edit:
         """Read an edit file; anything that is not a complete edit file raises :class:`EditFileError`."""
         path = Path(path)
@@ -213,14 +253,20 @@ class Edit:
             if isinstance(error, EditFileError):
                 raise
             raise EditFileError(f"{path} is not a readable edit file (truncated or not safetensors)") from None
+        if not isinstance(info, dict) or not isinstance(info.get("layers", []), list):
+            raise EditFileError(f"{path} is not a valid edit: its metadata is not an object with a layer list")
         layers = info.get("layers", [])
         own = [key[len(RIGHT_PREFIX) :] for key in tensors if key.startswith(RIGHT_PREFIX)]
         expected = {RIGHT_KEY, *(LEFT_PREFIX + name for name in layers), *(RIGHT_PREFIX + name for name in own)}
         declared = set(info.get("layers_with_own_right", []))
         if RIGHT_KEY not in tensors or set(tensors) != expected or set(own) != declared or not declared <= set(layers):
             raise EditFileError(f"{path} is incomplete: its tensors do not match its layer list")
+        if not isinstance(info.get("base_fingerprint"), str):
+            raise EditFileError(f"{path} has no base-model fingerprint; it cannot be checked against a model")
+        right = tensors[RIGHT_KEY]
         left = {name: tensors[LEFT_PREFIX + name] for name in layers}
         rights = {name: tensors[RIGHT_PREFIX + name] for name in own}
+        _check_factor_shapes(path, right, left, rights)
         known = {
             "format",
             "format_version",
@@ -231,7 +277,7 @@ class Edit:
             "layers_with_own_right",
         }
         extra = {key: value for key, value in info.items() if key not in known}
-        return cls(tensors[RIGHT_KEY], left, info["base_fingerprint"], extra, rights)
+        return cls(right, left, info["base_fingerprint"], extra, rights)
 
     def lora_state_dict(self, scale: float = 1.0) -> dict[str, torch.Tensor]:
         """PEFT LoRA tensors: ``lora_A = R`` (r × d), ``lora_B = α L`` (m × r); with alpha = r, ΔW = B A.
@@ -265,3 +311,25 @@ class Edit:
         with atomic_directory(Path(out_dir), force=force) as temp, self.applied(pipe, scale):
             pipe.save_pretrained(str(temp), safe_serialization=True)
         return Path(out_dir)
+
+
+def _check_factor_shapes(
+    path: Path, right: torch.Tensor, left: dict[str, torch.Tensor], rights: dict[str, torch.Tensor]
+) -> None:
+    """Every ``R`` is k × d and every ``L`` is m × k with its own ``R``'s k, or :class:`EditFileError`."""
+    for name, factor in {RIGHT_KEY: right, **{RIGHT_PREFIX + n: r for n, r in rights.items()}}.items():
+        if factor.ndim != 2:
+            raise EditFileError(
+                f"{path} is not a valid edit: {name} must be a matrix, it has shape {tuple(factor.shape)}"
+            )
+    for name, factor in left.items():
+        if factor.ndim != 2:
+            raise EditFileError(
+                f"{path} is not a valid edit: {LEFT_PREFIX}{name} must be a matrix, it has shape {tuple(factor.shape)}"
+            )
+        rank = rights.get(name, right).shape[0]
+        if factor.shape[1] != rank:
+            raise EditFileError(
+                f"{path} is not a valid edit: {LEFT_PREFIX}{name} is {factor.shape[0]}×{factor.shape[1]} "
+                f"but its right factor has rank {rank}"
+            )

@@ -66,13 +66,16 @@ def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
 
 
 def load_pipeline(
-    model: str | Path, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    model: str | Path, device: torch.device | str | None = None, torch_dtype: torch.dtype = torch.float32
 ) -> DiffusionPipeline:
     """Load a text-to-image diffusers pipeline of a family the project edits (SD1.x, SD2.x, SDXL, SD3, FLUX).
 
-    ``model`` is a local folder (``model_index.json`` inside) or a hub id (``owner/name``). Raises
-    :class:`ModelLoadError` with one line for a missing path, a folder that is not a diffusers SD pipeline, a
-    hub id that cannot be fetched, or a pipeline of another family (the line names the families it can edit).
+    ``model`` is a local folder (``model_index.json`` inside) or a hub id (``owner/name``); ``torch_dtype`` is
+    passed on to ``DiffusionPipeline.from_pretrained``. Only safetensors weights are read
+    (``use_safetensors=True``): a pipeline that ships only pickled ``.bin`` weights is refused, never unpickled.
+    Raises :class:`ModelLoadError` with one line for a missing path, a folder that is not a diffusers pipeline,
+    one without safetensors weights, a hub id that cannot be fetched, or a pipeline of another family (the line
+    names the families it can edit).
     """
     model = str(model)
     if _looks_like_path(model):
@@ -83,7 +86,7 @@ def load_pipeline(
             raise ModelLoadError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, use_safetensors=True)
     except Exception as error:  # any loader failure becomes one line for the user
         raise ModelLoadError(_load_failure(model, error)) from None
     detect_family(pipe)

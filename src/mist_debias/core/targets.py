@@ -16,12 +16,14 @@ Key sets (positions of the concept prompt; attribute positions are aligned with 
   from its own EOS. Offsets run up to the window end of the prompt whose EOS is latest.
 - ``last-word``: the last content token before the EOS (UCE).
 - ``all``: every position from start-of-text to the EOS (TIME); the destination is aligned with the source by
-  their common prefix and, from the end, their common suffix (the EOS included).
+  their common prefix, their common suffix (the EOS included) and their differing middles paired from the end;
+  source tokens without a counterpart keep their value (see :func:`_time_alignment`).
 
 The edit is low rank with rank ≤ the number of keys k. For MIST and UCE every column of ``L = η_e (V* − W C)``
 lies in the span of the projected attribute keys ``W g_j``, so with J attribute prompts shared by all concepts
 (EOS keys) the rank is at most min(k, J). Embeddings are computed once per :class:`EditProblem`;
-targets for new weights (the debias loop's iterations) cost a few small matrix products.
+targets for new weights (the debias loop's iterations) cost a few small matrix products. All of it runs in
+float64 on the CPU, whatever device the model is on (MPS has no float64).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import torch
 
 from mist_debias.core.choices import KEY_SETS, METHODS, KeySet, Method, MistForm
 from mist_debias.core.errors import MistError, PromptError
-from mist_debias.core.solve import EditHyperparameters, LowRankUpdate, shared_factor
+from mist_debias.core.solve import EditHyperparameters, LowRankUpdate, cpu_float64, shared_factor
 from mist_debias.core.text import PromptEncoder, TokenizedPrompt
 
 DEFAULT_KEYS: dict[str, str] = {"mist": "eos", "uce": "last-word", "time": "all"}
@@ -56,23 +58,53 @@ class ConceptPrompts:
                 raise PromptError(f"an attribute prompt of concept {self.prompt!r} is empty")
 
 
+KEEP = -1
+"""Attribute position meaning "no counterpart": the key's target is its own value ``W c`` (it is kept)."""
+
+
 def _aligned_positions(
     keys: KeySet, concept: TokenizedPrompt, attribute: TokenizedPrompt, window_end: int
 ) -> list[tuple[int, int]]:
-    """(concept position, attribute position) pairs of one concept/attribute pair."""
+    """(concept position, attribute position) pairs of one concept/attribute pair (:data:`KEEP` for none)."""
     if keys == "eos":
         return [(concept.eos_index, attribute.eos_index)]
     if keys == "last-word":
         return [(concept.last_word_index, attribute.last_word_index)]
     if keys == "eos+pad":
         return [(concept.eos_index + o, attribute.eos_index + o) for o in range(window_end)]
-    source, destination = concept.input_ids[: concept.eos_index + 1], attribute.input_ids[: attribute.eos_index + 1]
+    return _time_alignment(concept.input_ids[: concept.eos_index + 1], attribute.input_ids[: attribute.eos_index + 1])
+
+
+def _time_alignment(source: Sequence[int], destination: Sequence[int]) -> list[tuple[int, int]]:
+    """TIME's token alignment of a source prompt with its destination (both from start-of-text to EOS).
+
+    The common prefix maps onto itself and the common suffix (the EOS at least) onto the destination's suffix
+    from the end. What is left differs: the source middle ``source[p:ls−s]`` and the destination middle
+    ``destination[p:ld−s]`` are paired from their ends, last with last. For TIME's own edits (the destination
+    adds words, "a pack of roses" → "a pack of blue roses") the source middle is empty and every source token
+    meets the same token in the destination. A source middle longer than the destination's (the destination
+    drops words) leaves its first tokens without a counterpart: they are paired with :data:`KEEP` (target
+    ``W c``, the token keeps its value) and never with a token outside the destination middle.
+    """
     prefix = 0
     while prefix < min(len(source), len(destination)) - 1 and source[prefix] == destination[prefix]:
         prefix += 1
+    suffix = 1  # the EOS
+    while suffix < min(len(source), len(destination)) - prefix and source[-1 - suffix] == destination[-1 - suffix]:
+        suffix += 1
+    source_middle = range(prefix, len(source) - suffix)
+    destination_middle = range(prefix, len(destination) - suffix)
+    unmatched = max(len(source_middle) - len(destination_middle), 0)
     pairs = [(i, i) for i in range(prefix)]
-    tail = len(source) - prefix
-    pairs += [(len(source) - 1 - i, max(len(destination) - 1 - i, 0)) for i in reversed(range(tail))]
+    pairs += [(i, KEEP) for i in source_middle[:unmatched]]
+    pairs += list(
+        zip(
+            source_middle[unmatched:],
+            destination_middle[len(destination_middle) - len(source_middle[unmatched:]) :],
+            strict=True,
+        )
+    )
+    pairs += [(len(source) - 1 - i, len(destination) - 1 - i) for i in reversed(range(suffix))]
     return pairs
 
 
@@ -104,7 +136,7 @@ class EditProblem:
         self.method = method
         self.keys = keys
         self.mist_form = mist_form
-        self.hparams = hparams or EditHyperparameters()
+        self.hparams = (hparams or EditHyperparameters()).for_method(method)
         self.preserve_prompts = tuple(preserve_prompts)
         self._build_bank(encoder)
         self.right = shared_factor(self.edit_keys, self.preserve_keys, self.hparams)
@@ -131,15 +163,15 @@ class EditProblem:
                 )
             concept_index = [columns.setdefault((concept.prompt, p), len(columns)) for p in source_positions]
             attribute_index = [
-                [columns.setdefault((a, q), len(columns)) for _, q in pairs]
+                [columns.setdefault((concept.prompt, p) if q == KEEP else (a, q), len(columns)) for p, q in pairs]
                 for a, pairs in zip(concept.attributes, per_attribute, strict=True)
             ]
             self.concept_columns.append(torch.tensor(concept_index))
             self.attribute_columns.append(torch.tensor(attribute_index))
         needed = max(position for _, position in columns) + 1
-        states = encoder.encode(prompts, num_positions=needed).to(torch.float64)
+        states = cpu_float64(encoder.encode(prompts, num_positions=needed))
         prompt_row = {prompt: row for row, prompt in enumerate(prompts)}
-        bank = torch.empty(states.shape[-1], len(columns), dtype=torch.float64, device=states.device)
+        bank = torch.empty(states.shape[-1], len(columns), dtype=torch.float64)
         for (prompt, position), column in columns.items():
             bank[:, column] = states[prompt_row[prompt], position]
         self.bank = bank
@@ -156,7 +188,7 @@ class EditProblem:
             padded.append(torch.cat([a_cols.T, fill], dim=1))
         self.key_attribute_columns = torch.cat(padded)
         if self.preserve_prompts:
-            preserve = encoder.encode(list(self.preserve_prompts)).to(torch.float64)
+            preserve = cpu_float64(encoder.encode(list(self.preserve_prompts)))
             self.preserve_keys: torch.Tensor | None = preserve.reshape(-1, preserve.shape[-1]).T.contiguous()
         else:
             self.preserve_keys = None
@@ -179,19 +211,18 @@ class EditProblem:
             rows[i, : len(w)] = torch.tensor([float(x) for x in w], dtype=torch.float64)
         if not torch.isfinite(rows).all():
             raise MistError("weights must be finite numbers")
-        return rows[self.key_concept].to(self.bank.device)
+        return rows[self.key_concept]
 
     def targets(self, weight: torch.Tensor, concept_weights: Sequence[Sequence[float]]) -> torch.Tensor:
-        """``V*`` (m × k) of one projection for per-concept attribute weights."""
-        return self._targets(weight.to(torch.float64) @ self.bank, self.key_weights(concept_weights))
+        """``V*`` (m × k, float64, CPU) of one projection for per-concept attribute weights."""
+        return self._targets(cpu_float64(weight) @ self.bank, self.key_weights(concept_weights))
 
     def _mixing(self, key_weights: torch.Tensor) -> torch.Tensor:
         """``M`` (columns × k): ``M[b, i]`` is the total weight key i gives bank column b, so that
         ``Σ_j w_ij x_{col(i, j)} = (X M)[:, i]`` for any per-column quantity X."""
-        mixing = torch.zeros(self.bank.shape[1], key_weights.shape[0], dtype=torch.float64, device=key_weights.device)
-        keys = torch.arange(key_weights.shape[0], device=key_weights.device)
-        keys = keys[:, None].expand_as(self.key_attribute_columns)
-        mixing.index_put_((self.key_attribute_columns.to(keys.device), keys), key_weights, accumulate=True)
+        mixing = torch.zeros(self.bank.shape[1], key_weights.shape[0], dtype=torch.float64)
+        keys = torch.arange(key_weights.shape[0])[:, None].expand_as(self.key_attribute_columns)
+        mixing.index_put_((self.key_attribute_columns, keys), key_weights, accumulate=True)
         return mixing
 
     def _targets(self, projected: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
@@ -217,11 +248,15 @@ class EditProblem:
         return base + base.norm(dim=0) * (directions @ mixing)
 
     def solve(self, weights: Mapping[str, torch.Tensor], concept_weights: Sequence[Sequence[float]]) -> LowRankUpdate:
-        """``W' − W = L R`` for every layer in ``weights`` (the current, possibly compounded, W)."""
+        """``W' − W = L R`` for every layer in ``weights`` (the current, possibly compounded, W).
+
+        ``weights`` may live on any device, in any dtype; the solve runs in float64 on the CPU and the factors
+        stay there (:meth:`Edit.apply <mist_debias.core.edit.Edit.apply>` moves them to the model).
+        """
         key_weights = self.key_weights(concept_weights)
         left = {}
         for name, w in weights.items():
-            projected = w.to(torch.float64) @ self.bank
+            projected = cpu_float64(w) @ self.bank
             targets = self._targets(projected, key_weights)
             left[name] = self.hparams.edit_scale * (targets - projected[:, self.concept_key_columns])
         return LowRankUpdate(right=self.right, left=left)

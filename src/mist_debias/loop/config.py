@@ -58,7 +58,6 @@ from mist_debias.core.spec import AttributeSpec, Axis, SpecError, parse_axis, pa
 from mist_debias.core.targets import DEFAULT_KEYS, ConceptPrompts
 from mist_debias.measure.classifiers.clip import DEFAULT_TEMPLATES
 
-DEFAULT_LAM = {"mist": 0.5, "uce": 0.5, "time": 0.1}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 
 Strings = Annotated[tuple[str, ...], Field(strict=False)]
@@ -309,8 +308,8 @@ class EditSettings(_Section):
 
     def hyperparameters(self) -> EditHyperparameters:
         """λ, η_e, η_p as :class:`~mist_debias.core.solve.EditHyperparameters`."""
-        lam = DEFAULT_LAM[self.method] if self.lam is None else self.lam
-        return EditHyperparameters(lam=lam, edit_scale=self.edit_scale, preserve_scale=self.preserve_scale)
+        hparams = EditHyperparameters(lam=self.lam, edit_scale=self.edit_scale, preserve_scale=self.preserve_scale)
+        return hparams.for_method(self.method)
 
 
 class RunConfig(_Section):

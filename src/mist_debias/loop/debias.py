@@ -138,7 +138,7 @@ class DebiasRun:
         self.seed = seed
         self.edit_info = edit_info or {}
         self.projections: list[Projection] = find_cross_attention_projections(pipe.unet)
-        self.original = {p.name: p.module.weight.detach().to(torch.float64) for p in self.projections}
+        self.original = {p.name: p.module.weight.detach().cpu().to(torch.float64) for p in self.projections}
         self.base_fingerprint = fingerprint(self.projections)
         self.log: list[dict[str, Any]] = []
         self.compounded: LowRankUpdate | None = None

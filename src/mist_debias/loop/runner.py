@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from mist_debias import __version__
-from mist_debias.core.edit import fingerprint
+from mist_debias.core.edit import fingerprint, fingerprint_matches
 from mist_debias.core.families import require_unet
 from mist_debias.core.layers import find_cross_attention_projections
 from mist_debias.core.pipeline import default_device, load_pipeline, use_scheduler
@@ -104,12 +104,13 @@ def prepare_run(
         model = str(profile.pipeline)
     else:
         model = str(config.model)
-    pipe = load_pipeline(model, device=target_device, dtype=_dtype(config.generation.dtype, target_device))
+    pipe = load_pipeline(model, device=target_device, torch_dtype=_dtype(config.generation.dtype, target_device))
     require_unet(pipe, "mist debias")
     if config.generation.scheduler:
         use_scheduler(pipe, config.generation.scheduler)
-    base_fingerprint = fingerprint(find_cross_attention_projections(pipe.unet))
-    if saved is not None and saved.get("model_fingerprint") != base_fingerprint:
+    projections = find_cross_attention_projections(pipe.unet)
+    base_fingerprint = fingerprint(projections)
+    if saved is not None and not fingerprint_matches(projections, str(saved.get("model_fingerprint"))):
         raise RunError(f"cannot resume: {out} was made for another model (fingerprint mismatch)")
     classifier = resolve_classifier(config.classifier.drive, profile, config, target_device)
     grader = (

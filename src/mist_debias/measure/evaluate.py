@@ -57,7 +57,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy import stats
 
 from mist_debias import __version__
 from mist_debias.core.atomic import atomic_file, write_text_atomic
@@ -86,7 +85,13 @@ from mist_debias.measure.evaluation_files import (
     RESULTS_CSV,
     RESULTS_JSON,
 )
-from mist_debias.measure.metrics import Distribution, cleam_correct, deviation_ratio, kl_divergence
+from mist_debias.measure.metrics import (
+    Distribution,
+    cleam_correct,
+    deviation_ratio,
+    kl_divergence,
+    paired_cell_test,
+)
 
 ORIGINAL = "original"
 DEFAULT_CHANGE_THRESHOLD = 0.02
@@ -515,27 +520,6 @@ def chunked(items: Sequence, size: int) -> list[list]:
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-
-
-def paired_cell_test(before: np.ndarray, after: np.ndarray, num_cells: int) -> tuple[list[float], float]:
-    """Exact McNemar test per cell on paired labels; returns per-cell p-values and the adjusted minimum.
-
-    For cell j: ``b_j = #{before ≠ j, after = j}``, ``c_j = #{before = j, after ≠ j}``;
-    ``p_j = min(1, 2 · BinomCDF(min(b_j, c_j); b_j + c_j, ½))`` (1 when ``b_j + c_j = 0``). The adjusted
-    minimum is ``min(1, m · min_j p_j)`` with ``m = 1`` for K = 2 (both cells give the same test) and
-    ``m = K`` otherwise (Bonferroni).
-    """
-    before = np.asarray(before)
-    after = np.asarray(after)
-    p_values = []
-    for j in range(num_cells):
-        into = int(np.sum((before != j) & (after == j)))
-        out_of = int(np.sum((before == j) & (after != j)))
-        total = into + out_of
-        p = 1.0 if total == 0 else min(1.0, 2.0 * float(stats.binom.cdf(min(into, out_of), total, 0.5)))
-        p_values.append(p)
-    multiplier = 1 if num_cells <= 2 else num_cells
-    return p_values, min(1.0, multiplier * min(p_values))
 
 
 def _distribution(counts: np.ndarray, target: np.ndarray, n_invalid: int, alpha: float) -> Distribution:

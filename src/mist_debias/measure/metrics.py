@@ -1,5 +1,9 @@
 """Statistics of cell distributions: intervals, confidence sequences, Δ, KL, marginals, CLEAM correction.
 
+Binomial and simultaneous multinomial intervals, the exact McNemar test and the multiple-testing correction
+come from statsmodels, KL from scipy; the anytime-valid confidence sequence, which no well-kept library has, is
+written out here with its equations.
+
 Every ratio measured from ``n`` classified images is an estimate: at ``p = 0.5, n = 100`` its 95% interval
 is ±0.098. This module gives the intervals that belong with each ratio, the summary numbers a report
 needs, and an anytime-valid confidence sequence for procedures that look at the data after every batch.
@@ -14,47 +18,49 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, special
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import multinomial_proportions_confint, proportion_confint
 
 INTERVAL_METHODS = ("wilson", "clopper-pearson")
 _EDGE = 1e-15  # root brackets for the confidence sequence stay this far inside (0, 1)
 
 
-def wilson_interval(successes, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval for a binomial proportion (vectorised over ``successes``).
+def _binomial_confint(successes, n, alpha: float, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """statsmodels' ``proportion_confint`` vectorised over ``successes``; ``n = 0`` gives the vacuous [0, 1]."""
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
+    lower, upper = np.zeros(k.shape), np.ones(k.shape)
+    sampled = n > 0
+    if np.any(sampled):
+        low, high = proportion_confint(k[sampled], n[sampled], alpha=alpha, method=method)
+        lower[sampled] = np.clip(low, 0.0, 1.0)
+        upper[sampled] = np.clip(high, 0.0, 1.0)
+    return lower, upper
 
-    With ``p̂ = k/n`` and ``z = Φ⁻¹(1 − α/2)``::
+
+def wilson_interval(successes, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion (statsmodels, vectorised over ``successes``).
+
+    With ``p̂ = k/n`` and ``z = Φ⁻¹(1 − α/2)`` it is the set ``{p : |p̂ − p| ≤ z sqrt(p(1 − p)/n)}``::
 
         centre = (p̂ + z²/(2n)) / (1 + z²/n)
         half   = z / (1 + z²/n) · sqrt(p̂(1 − p̂)/n + z²/(4n²))
 
     Returns ``(lower, upper)`` clipped to [0, 1]. ``n = 0`` gives the vacuous interval [0, 1].
     """
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
-    z = stats.norm.ppf(1.0 - alpha / 2.0)
-    safe_n = np.where(n > 0, n, 1.0)
-    p_hat = k / safe_n
-    denom = 1.0 + z**2 / safe_n
-    centre = (p_hat + z**2 / (2.0 * safe_n)) / denom
-    half = z / denom * np.sqrt(p_hat * (1.0 - p_hat) / safe_n + z**2 / (4.0 * safe_n**2))
-    lower = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
-    upper = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
-    return lower, upper
+    return _binomial_confint(successes, n, alpha, "wilson")
 
 
 def clopper_pearson_interval(successes, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (Clopper–Pearson) interval: the α/2 and 1 − α/2 quantiles of Beta distributions.
+    """Exact (Clopper–Pearson) interval: the α/2 and 1 − α/2 quantiles of Beta distributions (statsmodels'
+    ``method="beta"``).
 
     ``lower = Beta⁻¹(α/2; k, n − k + 1)`` (0 when k = 0), ``upper = Beta⁻¹(1 − α/2; k + 1, n − k)``
     (1 when k = n). Coverage is at least ``1 − alpha`` for every p.
     """
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.broadcast_to(np.asarray(n, dtype=np.float64), k.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lower = np.where(k > 0, stats.beta.ppf(alpha / 2.0, np.maximum(k, 1e-300), n - k + 1.0), 0.0)
-        upper = np.where(k < n, stats.beta.ppf(1.0 - alpha / 2.0, k + 1.0, np.maximum(n - k, 1e-300)), 1.0)
-    return np.nan_to_num(lower, nan=0.0), np.nan_to_num(upper, nan=1.0)
+    return _binomial_confint(successes, n, alpha, "beta")
 
 
 def binomial_interval(successes, n, alpha: float = 0.05, method: str = "wilson"):
@@ -78,14 +84,42 @@ def simultaneous_alpha(num_cells: int, alpha: float) -> float:
 def simultaneous_intervals(counts, alpha: float = 0.05, method: str = "wilson"):
     """Intervals for all K cell ratios that hold *jointly* with probability ≥ 1 − alpha.
 
-    Bonferroni-adjusted binomial intervals (see :func:`simultaneous_alpha`). With ``method="wilson"``
-    these are exactly Goodman's (1965) simultaneous multinomial intervals: Goodman's bound
-    ``(A + 2 n_j ± sqrt(A (A + 4 n_j (n − n_j) / n))) / (2 (n + A))`` with ``A = χ²₁(1 − α/K)`` is the
-    Wilson interval with ``z² = A``.
+    ``method="wilson"``: Goodman's (1965) simultaneous multinomial intervals for K ≥ 3 (statsmodels'
+    ``multinomial_proportions_confint(method="goodman")``),
+    ``(A + 2 n_j ± sqrt(A (A + 4 n_j (n − n_j) / n))) / (2 (n + A))`` with ``A = χ²₁(1 − α/K)`` — the Wilson
+    interval with ``z² = A``, i.e. Bonferroni-adjusted Wilson intervals. ``method="clopper-pearson"``:
+    Bonferroni-adjusted exact intervals. For K = 2 the level is not divided (see :func:`simultaneous_alpha`).
+    An empty sample gives [0, 1] for every cell.
     """
+    if method not in INTERVAL_METHODS:
+        raise ValueError(f"unknown interval method {method!r}; choose one of {INTERVAL_METHODS}")
     counts = np.asarray(counts, dtype=np.float64)
     n = counts.sum()
+    if method == "wilson" and len(counts) >= 3 and n > 0:
+        bounds = multinomial_proportions_confint(counts, alpha=alpha, method="goodman")
+        return np.clip(bounds[:, 0], 0.0, 1.0), np.clip(bounds[:, 1], 0.0, 1.0)
     return binomial_interval(counts, n, simultaneous_alpha(len(counts), alpha), method)
+
+
+def paired_cell_test(before, after, num_cells: int) -> tuple[list[float], float]:
+    """Exact McNemar test per cell on paired labels; returns per-cell p-values and the adjusted minimum.
+
+    For cell j: ``b_j = #{before ≠ j, after = j}``, ``c_j = #{before = j, after ≠ j}``; under "no movement"
+    ``b_j ~ Binomial(b_j + c_j, ½)``, so ``p_j = min(1, 2 · BinomCDF(min(b_j, c_j); b_j + c_j, ½))`` (1 when
+    ``b_j + c_j = 0``) — statsmodels' ``mcnemar(exact=True)``. The adjusted minimum is the smallest
+    Bonferroni-adjusted p-value (statsmodels' ``multipletests``), ``min(1, K · min_j p_j)``, for K ≥ 3; for K = 2
+    both cells give the same test and ``min_j p_j`` is not adjusted.
+    """
+    before = np.asarray(before)
+    after = np.asarray(after)
+    p_values = []
+    for j in range(num_cells):
+        was, is_now = before == j, after == j
+        table = [[np.sum(was & is_now), np.sum(was & ~is_now)], [np.sum(~was & is_now), np.sum(~was & ~is_now)]]
+        p_values.append(float(mcnemar(np.array(table), exact=True).pvalue))
+    if num_cells <= 2:
+        return p_values, min(p_values)
+    return p_values, float(multipletests(p_values, method="bonferroni")[1].min())
 
 
 def deviation_ratio(ratios, target) -> float:
@@ -99,18 +133,13 @@ def deviation_ratio(ratios, target) -> float:
 
 
 def kl_divergence(ratios, target) -> float:
-    """KL(r‖t) = Σ_j r_j log(r_j / t_j) in nats.
+    """KL(r‖t) = Σ_j r_j log(r_j / t_j) in nats (``scipy.special.rel_entr``, summed).
 
     Zeros: a cell with ``r_j = 0`` contributes 0 (the limit of x log x); a cell with ``r_j > 0`` but
     ``t_j = 0`` makes the divergence infinite (the observed distribution puts mass where the target
     forbids it).
     """
-    r = np.asarray(ratios, dtype=np.float64)
-    t = np.asarray(target, dtype=np.float64)
-    support = r > 0
-    if np.any(t[support] <= 0):
-        return math.inf
-    return float(np.sum(r[support] * np.log(r[support] / t[support])))
+    return float(np.sum(special.rel_entr(np.asarray(ratios, dtype=np.float64), np.asarray(target, dtype=np.float64))))
 
 
 def marginals(joint, axis_sizes) -> list[np.ndarray]:

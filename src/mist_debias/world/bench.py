@@ -419,7 +419,7 @@ class BenchContext:
 
     def original_pipe(self) -> DiffusionPipeline:
         if self.pipe is None:
-            self.pipe = load_pipeline(self.settings.model_path, device=self.device, dtype=torch.float32)
+            self.pipe = load_pipeline(self.settings.model_path, device=self.device, torch_dtype=torch.float32)
         return self.pipe
 
     def ensure_reference(self) -> dict[str, np.ndarray]:
