@@ -129,7 +129,8 @@ def test_run_folder_gives_its_spec_sampler_and_classifier(tmp_path, capsys):
             "classifier": {"drive": "oracle"},
         }
     )
-    (run / "config.json").write_text(json.dumps({"run": config.to_dict(), "model": str(bundled_world_path())}))
+    record = {"run": config.to_dict(), "model": str(bundled_world_path()), "model_fingerprint": "sign-sha256:0"}
+    (run / "config.json").write_text(json.dumps(record))
     with pytest.raises(MistError, match=r"no edit\.safetensors"):
         load_edit_source(run)
     edit = mist_edit(capsys, bundled_world_path(), tmp_path / "plain.safetensors", "0.1,0.2")

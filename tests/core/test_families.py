@@ -168,7 +168,7 @@ def test_keys_are_each_encoders_eos_and_the_pooled_embedding(family_pipe):
 
 
 @pytest.mark.parametrize(
-    "hp", [EditHyperparameters(), EditHyperparameters(lam=0.1, edit_scale=2.0, preserve_scale=0.5)]
+    "hp", [EditHyperparameters(lam=0.5), EditHyperparameters(lam=0.1, edit_scale=2.0, preserve_scale=0.5)]
 )
 def test_solved_weights_satisfy_the_normal_equations_of_each_space(family_pipe, hp):
     family, pipe = family_pipe

@@ -40,12 +40,10 @@ from mist_debias.core.targets import ConceptPrompts, EditProblem
 from mist_debias.core.text import PromptEncoder
 from mist_debias.loop.config import RunConfig
 from mist_debias.loop.debias import RunFolder
+from mist_debias.loop.profile import ModelProfile
 from mist_debias.measure.classifiers.base import CellClassifier
 from mist_debias.measure.metrics import Distribution
-from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE, bundled_world_path
 
-WORLD_ALIAS = "world"
-WORLD_STEPS = 20
 DISPLAY_SIDE = 128
 """Images smaller than this are enlarged (nearest neighbour) for the page; the world draws 32×32 glyphs."""
 
@@ -55,24 +53,24 @@ DISPLAY_SIDE = 128
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """A MODEL argument resolved: the folder or hub id to load, its default sampler, and whether it is the world."""
+    """A MODEL argument resolved: the folder or hub id to load, its default sampler, and its model profile."""
 
     path: str
     generation: GenerationConfig
-    is_world: bool
+    profile: ModelProfile | None
 
 
 def resolve_model(model: str) -> ModelChoice:
-    """``world`` (or the bundled world's folder) → the bundled pipeline with its sampler (20 DDIM steps,
-    guidance 1.5, η 0.75); anything else → itself with :class:`GenerationConfig`'s defaults.
+    """A profile's name or folder (``world``) → its pipeline with its sampler; anything else → itself with
+    :class:`GenerationConfig`'s defaults."""
+    from mist_debias.app.models import resolve_model as resolve_profile
 
-    Stands in for the profile registry (entry-point group ``mist_debias.profiles``) until it is available.
-    """
-    world = bundled_world_path()
-    if model == WORLD_ALIAS or Path(model).expanduser().resolve() == world.resolve():
-        sampler = GenerationConfig(steps=WORLD_STEPS, guidance=WORLD_GUIDANCE, eta=WORLD_ETA)
-        return ModelChoice(str(world), sampler, is_world=True)
-    return ModelChoice(model, GenerationConfig(), is_world=False)
+    path, profile = resolve_profile(model)
+    if profile is None:
+        return ModelChoice(path, GenerationConfig(), None)
+    sampler = profile.sampler
+    generation = GenerationConfig(steps=sampler.steps, guidance=sampler.guidance, eta=sampler.eta)
+    return ModelChoice(path, generation, profile)
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ def load_edit_source(path: Path) -> EditSource:
         return EditSource(path, Edit.load(path))
     folder = RunFolder(path)
     if not folder.is_run():
-        raise MistError(f"{path} is a folder but not a run folder (no config.json)")
+        raise MistError(f"{path} is a folder but not a run folder of mist debias")
     if not folder.edit.is_file():
         raise MistError(f"run folder {path} has no edit.safetensors yet (the run has not finished)")
     saved = folder.read_config()
@@ -492,7 +490,7 @@ def describe(session: EditSession, model: str) -> str:
 class AppOptions:
     """Settings of ``mist app`` (see the command's help)."""
 
-    model: str = WORLD_ALIAS
+    model: str = "world"
     edit: Path = Path("edit.safetensors")
     out: Path | None = None
     classifier: str | None = None
@@ -516,7 +514,7 @@ def open_session(options: AppOptions) -> EditSession:
     pipe = load_pipeline(choice.path, device=device)
     check_fits(source.edit, pipe)  # before loading a classifier, which may need the hub
     classifier_name = options.classifier or run_config.classifier.drive
-    classifier = resolve_classifier(classifier_name, None if choice.is_world else choice.path, run_config, device)
+    classifier = resolve_classifier(classifier_name, choice.profile, run_config, device)
     return EditSession(pipe, source, classifier, generation)
 
 

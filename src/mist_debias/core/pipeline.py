@@ -51,6 +51,8 @@ def _load_failure(model: str, error: Exception) -> str:
         return f"cannot load model {model!r}: not a local folder and the hub is unreachable or has no such repository"
     text = " ".join(str(error).split())
     sentence = text.split(". ")[0].rstrip(".") if text else type(error).__name__
+    if ".safetensors" in sentence:
+        sentence += " (only safetensors weights are read, never pickled .bin files)"
     return f"cannot load model {model!r}: {sentence}"
 
 

@@ -120,7 +120,7 @@ def run_grids(folder: Path, config: dict, count: int, device: str | None = None)
     dtype_name = generation.get("dtype") or "auto"
     if dtype_name == "auto":
         dtype_name = "float16" if target.type == "cuda" else "float32"
-    pipe = load_pipeline(model, device=target, dtype=getattr(torch, dtype_name))
+    pipe = load_pipeline(model, device=target, torch_dtype=getattr(torch, dtype_name))
     if generation.get("scheduler"):
         use_scheduler(pipe, generation["scheduler"])
     defaults = GenerationConfig()
