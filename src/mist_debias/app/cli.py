@@ -15,7 +15,20 @@ from typing import Annotated
 import typer
 
 from mist_debias import __version__
-from mist_debias.app.choices import ControllerChoice, DtypeChoice, KeysChoice, MethodChoice, PreserveChoice
+from mist_debias.app.choices import (
+    BatchSizeOption,
+    ControllerChoice,
+    DtypeChoice,
+    EtaOption,
+    GuidanceOption,
+    HeightOption,
+    KeysChoice,
+    MethodChoice,
+    NegativePromptOption,
+    PreserveChoice,
+    StepsOption,
+    WidthOption,
+)
 from mist_debias.app.environment import choose_threads, quiet_libraries
 from mist_debias.app.evaluate_cli import evaluate_command, report_command
 from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
@@ -158,17 +171,13 @@ def generate(
     edit_file: Annotated[Path | None, typer.Option("--edit", help="Edit file to apply first.")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the first image; image i uses seed + i.")] = 0,
-    steps: Annotated[int | None, typer.Option("--steps", help="Default: the model's sampler, else 20.")] = None,
-    guidance: Annotated[
-        float | None, typer.Option("--guidance", help="Default: the model's sampler, else 7.5.")
-    ] = None,
-    eta: Annotated[
-        float | None, typer.Option("--eta", help="DDIM η (0: deterministic DDIM). Default: the model's, else 0.")
-    ] = None,
-    height: Annotated[int | None, typer.Option("--height")] = None,
-    width: Annotated[int | None, typer.Option("--width")] = None,
-    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Default: the model's, else 8.")] = None,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
+    eta: EtaOption = None,
+    height: HeightOption = None,
+    width: WidthOption = None,
+    negative_prompt: NegativePromptOption = None,
+    batch_size: BatchSizeOption = None,
     scale: Annotated[float, typer.Option("--scale", help="Strength α of the edit.")] = 1.0,
     device: Annotated[str | None, typer.Option("--device")] = None,
     dtype: Annotated[DtypeChoice, typer.Option("--dtype")] = DtypeChoice.float32,

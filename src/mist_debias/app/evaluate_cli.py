@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mist_debias.app.choices import ClassifyModeChoice, DtypeChoice
+from mist_debias.app.choices import (
+    BatchSizeOption,
+    ClassifyModeChoice,
+    DtypeChoice,
+    EtaOption,
+    GuidanceOption,
+    HeightOption,
+    NegativePromptOption,
+    StepsOption,
+    WidthOption,
+)
 from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
 from mist_debias.app.output import stderr_console
 from mist_debias.core.errors import MistError
@@ -75,17 +85,13 @@ def evaluate_command(
     change_threshold: Annotated[
         float, typer.Option("--change-threshold", help="Mean |Δpixel| (0–1) above which an image counts changed.")
     ] = 0.02,
-    steps: Annotated[int | None, typer.Option("--steps", help="Default: the model's sampler, else 20.")] = None,
-    guidance: Annotated[
-        float | None, typer.Option("--guidance", help="Default: the model's sampler, else 7.5.")
-    ] = None,
-    eta: Annotated[
-        float | None, typer.Option("--eta", help="DDIM η (0: deterministic DDIM). Default: the model's, else 0.")
-    ] = None,
-    height: Annotated[int | None, typer.Option("--height")] = None,
-    width: Annotated[int | None, typer.Option("--width")] = None,
-    negative_prompt: Annotated[str | None, typer.Option("--negative-prompt")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Default: the model's, else 8.")] = None,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
+    eta: EtaOption = None,
+    height: HeightOption = None,
+    width: WidthOption = None,
+    negative_prompt: NegativePromptOption = None,
+    batch_size: BatchSizeOption = None,
     device: Annotated[str | None, typer.Option("--device")] = None,
     dtype: Annotated[DtypeChoice, typer.Option("--dtype")] = DtypeChoice.float32,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted evaluation.")] = False,
