@@ -245,3 +245,45 @@ def test_distribution_summary_serialises_to_json():
     assert infinite["kl"] is None
     with pytest.raises(ValueError):
         Distribution.from_counts([1, 2, 3], [0.5, 0.5])
+
+
+def _wilson_by_hand(k, n, z=1.959963984540054):
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_paired_difference_interval_follows_newcombes_hybrid_score_equations():
+    from mist_debias.measure.metrics import paired_difference_interval
+
+    a, b, c, d = 30, 10, 2, 58
+    before = np.array([1] * a + [1] * b + [0] * c + [0] * d, dtype=bool)
+    after = np.array([1] * a + [0] * b + [1] * c + [0] * d, dtype=bool)
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    (l1, u1), (l2, u2) = _wilson_by_hand(a + b, n), _wilson_by_hand(a + c, n)
+    phi = (a * d - b * c) / math.sqrt((a + b) * (c + d) * (a + c) * (b + d))
+    lower = (p2 - p1) - math.sqrt((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2)
+    upper = (p2 - p1) + math.sqrt((u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2)
+    theta, low, high = paired_difference_interval(before, after)
+    assert theta == pytest.approx(-0.08) and low == pytest.approx(lower) and high == pytest.approx(upper)
+    assert high < 0  # 10 units left, 2 came: a shift
+    swapped = paired_difference_interval(after, before)
+    assert swapped == pytest.approx((-theta, -high, -low))
+    same = paired_difference_interval(before, before)
+    assert same[0] == 0 and same[1] < 0 < same[2]
+
+
+def test_paired_difference_interval_covers_the_true_shift():
+    from mist_debias.measure.metrics import paired_difference_interval
+
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(400):
+        before = rng.random(120) < 0.4
+        flip = rng.random(120) < 0.1  # a tenth of the units change side: the true shift is 0.1·(0.6 − 0.4)
+        after = before ^ flip
+        _, low, high = paired_difference_interval(before, after)
+        hits += low <= 0.1 * (0.6 - 0.4) <= high
+    assert hits / 400 >= 0.93

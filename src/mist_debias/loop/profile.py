@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mist_debias.core.errors import MistError
+from mist_debias.core.spec import Axis
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +45,8 @@ class ModelProfile:
     ``preserve_set(edited, template)``, the default preserve prompts of an edit of the concepts ``edited``
     (prompts built with ``template``), and ``classifier(device)``, its own cell classifier (``None``: none;
     runs then default to CLIP). ``demo_concepts`` and ``demo_axes`` are what ``mist debias`` debiases on it when
-    given no concepts.
+    given no concepts. ``observable_axes`` are the axes its own classifier reads whatever a run balances: a run's
+    summary reports how the edit moved the ones it did not edit (:mod:`mist_debias.loop.other_axes`).
     """
 
     name: str
@@ -56,6 +58,7 @@ class ModelProfile:
     aliases: tuple[str, ...] = ()
     demo_concepts: tuple[str, ...] = ()
     demo_axes: tuple[str, ...] = ()
+    observable_axes: tuple[Axis, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:

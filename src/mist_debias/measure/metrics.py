@@ -122,6 +122,38 @@ def paired_cell_test(before, after, num_cells: int) -> tuple[list[float], float]
     return p_values, float(multipletests(p_values, method="bonferroni")[1].min())
 
 
+def paired_difference_interval(before, after, alpha: float = 0.05) -> tuple[float, float, float]:
+    """Difference ``θ = p_after − p_before`` of two proportions measured on the same units (the same seeds before
+    and after an edit), with Newcombe's hybrid score interval for paired data (Newcombe 1998, *Statistics in
+    Medicine* 17:2635, method 10).
+
+    ``before`` and ``after`` are boolean arrays over the same units. With the 2×2 table a (both), b (before only),
+    c (after only), d (neither), n = a + b + c + d, ``p₁ = (a + b)/n``, ``p₂ = (a + c)/n``, their Wilson intervals
+    [l₁, u₁], [l₂, u₂], and the phi coefficient ``φ = (ad − bc)/√((a+b)(c+d)(a+c)(b+d))`` (0 where a margin is
+    empty)::
+
+        θ = p₂ − p₁
+        lower = θ − √((p₂ − l₂)² − 2φ (p₂ − l₂)(u₁ − p₁) + (u₁ − p₁)²)
+        upper = θ + √((u₂ − p₂)² − 2φ (u₂ − p₂)(p₁ − l₁) + (p₁ − l₁)²)
+
+    Returns ``(θ, lower, upper)``; an interval that excludes 0 is a shift at level ``alpha``.
+    """
+    x = np.asarray(before, dtype=bool)
+    y = np.asarray(after, dtype=bool)
+    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+        raise ValueError("before and after must be non-empty boolean vectors over the same units")
+    a, b, c, d = (int(np.sum(m)) for m in (x & y, x & ~y, ~x & y, ~x & ~y))
+    n = a + b + c + d
+    p1, p2 = (a + b) / n, (a + c) / n
+    (l1, l2), (u1, u2) = wilson_interval(np.array([a + b, a + c]), n, alpha)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / math.sqrt(margins) if margins > 0 else 0.0
+    theta = p2 - p1
+    lower = theta - math.sqrt(max((p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2, 0.0))
+    upper = theta + math.sqrt(max((u2 - p2) ** 2 - 2 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1) ** 2, 0.0))
+    return theta, max(lower, -1.0), min(upper, 1.0)
+
+
 def deviation_ratio(ratios, target) -> float:
     """Δ = max_j |r_j − t_j| / max_j max(t_j, 1 − t_j): 0 when r = t, 1 at the worst possible r.
 

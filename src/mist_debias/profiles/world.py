@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mist_debias.core.prompts import concept_prompt, strip_article
+from mist_debias.core.spec import Axis
 from mist_debias.loop.profile import ModelProfile, ProfileSampler
 from mist_debias.world.bias import PROFESSIONS
 from mist_debias.world.bundled import WORLD_ETA, WORLD_GUIDANCE, bundled_world_path
+from mist_debias.world.render import AGES, GENDERS, RACES
 
 WORLD_STEPS = 20
 WORLD_BATCH_SIZE = 64
@@ -35,4 +37,5 @@ WORLD = ModelProfile(
     classifier=world_oracle,
     demo_concepts=("doctor",),
     demo_axes=("gender=man,woman",),
+    observable_axes=(Axis("gender", GENDERS), Axis("race", RACES), Axis("age", AGES)),
 )
