@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -18,6 +19,7 @@ from mist_debias.core.layers import find_cross_attention_projections
 from mist_debias.core.pipeline import load_pipeline
 from mist_debias.loop.config import AttributesConfig, RunConfig
 from mist_debias.loop.runner import prepare_run
+from mist_debias.measure.classifiers.base import CellPredictions
 
 CELLS = ["--cell", "man", "--cell", "woman"]
 
@@ -233,3 +235,55 @@ def test_killed_run_resumes_to_the_same_edit(sd1_dir, tiny_clip_dir, tmp_path):
         return [{k: v for k, v in entry.items() if k != "wall_time_s"} for entry in entries]
 
     assert logged(tmp_path / "straight") == logged(killed_dir)
+
+
+class FirstCell:
+    """A grader that puts every image in the first cell."""
+
+    def classify(self, images, spec):
+        probs = np.zeros((len(images), spec.num_cells))
+        probs[:, 0] = 1.0
+        return CellPredictions(probs=probs, valid=np.ones(len(images), dtype=bool))
+
+
+def test_an_independent_grader_grades_the_fresh_seeds(sd1_dir, tiny_clip_dir, tiny_clip_factory, tmp_path):
+    """The loop is driven by one classifier and graded by another: the fresh-seed numbers are the grader's."""
+    settings = config(sd1_dir, tiny_clip_dir, budget=64).with_overrides(
+        {"classifier.evaluate": str(tiny_clip_factory(5))}
+    )
+    run, _ = prepare_run(settings, tmp_path / "run", device="cpu")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["grader"] == "CLIPCellClassifier"
+    run.run()
+    by_clip_grader = run.validate(12).distributions["doctor"].counts
+    run.grader = FirstCell()
+    summary = run.finish(validate=12)
+    doctor = summary["concepts"][0]
+    assert doctor["graded_by"] == "grader"
+    assert doctor["after_fresh_seeds"]["counts"] == [12, 0] != list(by_clip_grader)
+
+
+def test_world_run_reports_the_axes_it_did_not_edit(tmp_path, capsys):
+    """On the world (the oracle reads gender, race and age) a gender run's summary and printed tables show race
+    and age before and after on the same fresh seeds."""
+    out = tmp_path / "run"
+    args = ["debias", "world", "--concept", "doctor", "--axis", "gender=man,woman", "--budget", 64]
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in (*args, "--validate", 16, "--grade-classifier", "oracle", "--out", out)])
+        raise SystemExit(0)
+    stdout, err = capsys.readouterr()
+    assert (info.value.code or 0) == 0, err
+    doctor = json.loads((out / "summary.json").read_text())["concepts"][0]
+    assert doctor["graded_by"] == "grader"
+    shifts = doctor["other_axes"]
+    assert {(s["axis"], s["value"]) for s in shifts} == {
+        ("race", "White"),
+        ("race", "Asian"),
+        ("race", "Black"),
+        ("age", "young"),
+        ("age", "old"),
+    }
+    for axis in ("race", "age"):
+        assert sum(s["before"] for s in shifts if s["axis"] == axis) == pytest.approx(1.0)
+        assert sum(s["after"] for s in shifts if s["axis"] == axis) == pytest.approx(1.0)
+    assert all(s["lower"] <= s["shift"] <= s["upper"] and 0 < s["pairs"] <= 16 for s in shifts)
+    assert "axes not edited" in stdout

@@ -357,13 +357,16 @@ def debias(
     )
     if replayed:
         console.print(f"resumed after {replayed} logged rounds ({run.controller.images_used} images)")
-    from mist_debias.app.progress import DebiasProgress, summary_table
+    from mist_debias.app.progress import DebiasProgress, other_axes_table, summary_table
 
     with DebiasProgress(run, console) as progress:
         run.run(on_round=progress.update)
     summary = run.finish(validate=validate)
     run.close()
     stdout_console().print(summary_table(summary))
+    shifts = other_axes_table(summary)
+    if shifts is not None:
+        stdout_console().print(shifts)
 
 
 app.command("evaluate")(evaluate_command)

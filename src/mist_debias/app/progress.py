@@ -81,8 +81,10 @@ class DebiasProgress:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """Before/after per concept and cell: ratios with 95% simultaneous intervals, and Δ."""
+    graded_by = {c.get("graded_by") for c in summary["concepts"]} - {None}
+    fresh_title = "after (fresh seeds)" + (" graded by the grade classifier" if graded_by == {"grader"} else "")
     table = Table(title="mist debias: before → after (95% simultaneous intervals)")
-    for column in ("concept", "cell", "target", "before", "after", "after (fresh seeds)"):
+    for column in ("concept", "cell", "target", "before", "after", fresh_title):
         table.add_column(column)
 
     def cell_text(distribution, index: int) -> str:
@@ -116,5 +118,27 @@ def summary_table(summary: dict[str, Any]) -> Table:
             delta(concept["after"]),
             delta(fresh),
             end_section=True,
+        )
+    return table
+
+
+def other_axes_table(summary: dict[str, Any]) -> Table | None:
+    """The axes each concept was not balanced over, before → after the edit on the same fresh seeds, with the
+    shift's 95% paired interval; ``None`` when no concept has any (see :mod:`mist_debias.loop.other_axes`)."""
+    rows = [(concept["name"], shift) for concept in summary["concepts"] for shift in concept.get("other_axes", [])]
+    if not rows:
+        return None
+    table = Table(title="axes not edited: before → after on the same fresh seeds (shift with 95% paired interval)")
+    for column in ("concept", "axis", "value", "before", "after", "shift", "moved"):
+        table.add_column(column)
+    for name, shift in rows:
+        table.add_row(
+            name,
+            shift["axis"],
+            shift["value"],
+            f"{shift['before']:.3f}",
+            f"{shift['after']:.3f}",
+            f"{shift['shift']:+.3f} [{shift['lower']:+.3f}, {shift['upper']:+.3f}]",
+            "yes" if shift["shifted"] else "no",
         )
     return table

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,10 @@ from mist_debias.core.generate import GenerationConfig, UNetEvaluationCounter, g
 from mist_debias.core.layers import Projection, find_cross_attention_projections
 from mist_debias.core.run_folder import FolderKind, folder_kind, read_json, read_jsonl, write_json, write_jsonl
 from mist_debias.core.solve import LowRankUpdate
-from mist_debias.core.spec import AttributeSpec
+from mist_debias.core.spec import AttributeSpec, Axis
 from mist_debias.core.targets import ConceptPrompts, EditProblem
 from mist_debias.loop.control import CONTROLLERS, ConceptStatus, ConceptTarget, Controller, Proposal
+from mist_debias.loop.other_axes import axis_shifts, unedited_axes
 from mist_debias.measure.classifiers.base import CellClassifier
 from mist_debias.measure.metrics import Distribution
 
@@ -112,6 +113,17 @@ def build_controller(name: str, concepts: Sequence[DebiasConcept], tolerance: fl
         raise MistError(f"controller {name!r}: {error}") from None
 
 
+@dataclass
+class Validation:
+    """The final edit measured on fresh seeds: per concept its distribution, and how the edit moved the axes the
+    concept was not balanced over; ``graded_by`` says which classifier graded (``grader``: an independent one,
+    ``driver``: the one that drove the loop, ``benchmark``: the benchmark's own measurement)."""
+
+    distributions: dict[str, Distribution] = field(default_factory=dict)
+    other_axes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    graded_by: str = "driver"
+
+
 class DebiasRun:
     """Drives one controller over the concepts of a run and keeps the run folder up to date."""
 
@@ -126,12 +138,16 @@ class DebiasRun:
         folder: RunFolder,
         seed: int = 0,
         edit_info: dict[str, Any] | None = None,
+        grader: CellClassifier | None = None,
+        observable_axes: Sequence[Axis] = (),
     ) -> None:
         self.pipe = pipe
         self.concepts = {c.name: c for c in concepts}
         self.order = [c.name for c in concepts]
         self.controller = controller
         self.classifier = classifier
+        self.grader = grader
+        self.observable_axes = tuple(observable_axes)
         self.generation = generation
         self.problem = problem
         self.folder = folder
@@ -287,16 +303,30 @@ class DebiasRun:
         update = self.final_update()
         return Edit(update.right, dict(update.left), self.base_fingerprint, info)
 
-    def validate(self, n: int, edit: Edit | None = None) -> dict[str, Distribution]:
-        """Distributions of every concept under the final edit on ``n`` fresh seeds (never used by the loop)."""
-        results = {}
-        with (edit or self.final_edit()).applied(self.pipe):
-            for name in self.order:
-                counts, n_invalid = self._measure(name, self._seeds(name, n, offset=VALIDATION_SEED_OFFSET))
-                results[name] = Distribution.from_counts(counts, self.concepts[name].spec.target, n_invalid=n_invalid)
-        return results
+    def validate(self, n: int, edit: Edit | None = None) -> Validation:
+        """Every concept under the final edit on ``n`` fresh seeds (never used by the loop), graded by the run's
+        grader (an independent classifier) or, without one, by the classifier that drove the loop; and, where the
+        grader reads axes a concept was not balanced over (:attr:`observable_axes`), how the edit moved them on
+        the same seeds (:func:`~mist_debias.loop.other_axes.axis_shifts`)."""
+        grader = self.grader or self.classifier
+        validation = Validation(graded_by="grader" if self.grader is not None else "driver")
+        for name in self.order:
+            spec = self.concepts[name].spec
+            prompts = [self.concepts[name].prompts.prompt] * n
+            seeds = self._seeds(name, n, offset=VALIDATION_SEED_OFFSET)
+            with (edit or self.final_edit()).applied(self.pipe):
+                edited = generate_images(self.pipe, prompts, seeds, self.generation)
+            predictions = grader.classify(edited, spec)
+            validation.distributions[name] = Distribution.from_counts(
+                predictions.counts(), spec.target, n_invalid=int((~predictions.valid).sum())
+            )
+            others = unedited_axes(spec, self.observable_axes)
+            if others:
+                original = generate_images(self.pipe, prompts, seeds, self.generation)
+                validation.other_axes[name] = [s.to_dict() for s in axis_shifts(grader, original, edited, others)]
+        return validation
 
-    def summary(self, validation: dict[str, Distribution] | None = None) -> dict[str, Any]:
+    def summary(self, validation: Validation | None = None) -> dict[str, Any]:
         concepts = []
         for name in self.order:
             status: ConceptStatus = self.controller.status(name)
@@ -319,8 +349,11 @@ class DebiasRun:
                 "weights": [float(w) for w in status.weights],
                 "status": status.to_dict(),
             }
-            if validation:
-                record["after_fresh_seeds"] = validation[name].to_dict()
+            if validation is not None and name in validation.distributions:
+                record["after_fresh_seeds"] = validation.distributions[name].to_dict()
+                record["graded_by"] = validation.graded_by
+            if validation is not None and name in validation.other_axes:
+                record["other_axes"] = validation.other_axes[name]
             if spec.axes:
                 record["axes"] = [{"name": axis.name, "values": list(axis.values)} for axis in spec.axes]
             concepts.append(record)
@@ -340,13 +373,13 @@ class DebiasRun:
         """Write the final edit and the summary; return the summary.
 
         The summary's ``after_fresh_seeds`` is the final edit measured on fresh seeds: ``validate`` images per
-        concept by the loop's classifier (:meth:`validate`), or ``measure(edit)`` when given (the benchmark
+        concept by the run's grader (:meth:`validate`), or ``measure(edit)`` when given (the benchmark
         measures with its own seeds and oracle).
         """
         edit = self.final_edit()
         validation = None
         if measure is not None:
-            validation = measure(edit)
+            validation = Validation(measure(edit), graded_by="benchmark")
         elif validate > 0:
             validation = self.validate(validate, edit)
         summary = self.summary(validation)

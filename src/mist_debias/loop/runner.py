@@ -166,6 +166,8 @@ def prepare_run(
         folder,
         seed=config.seed,
         edit_info=edit_info,
+        grader=grader,
+        observable_axes=() if profile is None else profile.observable_axes,
     )
     entries = [] if fresh else folder.read_log()
     run.resume(entries)

@@ -535,6 +535,26 @@ def _run_concept(source: RunSource, concept: dict) -> str:
             body.append(
                 html.figure(heatmap_chart(axes, series, target, f"{concept['name']}: intersectional"), "heatmap")
             )
+    shifts = concept.get("other_axes") or []
+    if shifts:
+        body.append(
+            "<p>Axes not edited, before → after on the same fresh seeds (shift with its 95% paired interval):</p>"
+            + html.table(
+                ["axis", "value", "before", "after", "shift [95%]", "moved"],
+                [
+                    [
+                        html.escape(shift["axis"]),
+                        html.escape(shift["value"]),
+                        html.fmt(shift["before"]),
+                        html.fmt(shift["after"]),
+                        f"{shift['shift']:+.3f} [{shift['lower']:+.3f}, {shift['upper']:+.3f}]",
+                        html.verdict(not shift["shifted"], "kept", "moved"),
+                    ]
+                    for shift in shifts
+                ],
+                numeric=(2, 3),
+            )
+        )
     entries = [e for e in source.log if e.get("concept") == concept["name"]]
     if entries:
         body.append(
