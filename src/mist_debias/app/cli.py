@@ -256,6 +256,7 @@ WORLD_BATCH_SIZE = 64
 
 
 class ControllerChoice(str, Enum):
+    panel = "panel"
     adaptive = "adaptive"
     official = "official"
 

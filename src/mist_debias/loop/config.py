@@ -48,7 +48,7 @@ from mist_debias.core.spec import AttributeSpec, Axis, SpecError, parse_axis, pa
 from mist_debias.core.targets import DEFAULT_KEYS, KEY_SETS, METHODS, ConceptPrompts
 from mist_debias.measure.classifiers.clip import CLASSIFY_MODES, DEFAULT_TEMPLATES
 
-CONTROLLERS = ("adaptive", "official")
+CONTROLLERS = ("panel", "adaptive", "official")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MIST_FORMS = ("paper", "running")
 DEFAULT_LAM = {"mist": 0.5, "uce": 0.5, "time": 0.1}
@@ -182,9 +182,9 @@ class ConceptConfig:
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """The feedback controller (``adaptive`` or ``official``) and its own options (checked by the controller)."""
+    """The feedback controller (``panel``, ``adaptive`` or ``official``) and its options (checked by the controller)."""
 
-    name: str = "adaptive"
+    name: str = "panel"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -199,7 +199,7 @@ class ControllerConfig:
         if isinstance(data, str):
             return cls(name=data)
         data = dict(_mapping(data, where))
-        name = _convert(data.pop("name", "adaptive"), str, f"{where}.name")
+        name = _convert(data.pop("name", "panel"), str, f"{where}.name")
         return cls(name=name, options=data)
 
 

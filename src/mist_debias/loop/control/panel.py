@@ -16,10 +16,10 @@ Each concept runs this loop:
 1. **Measure the unedited model** (w = 0, panel block 0), then **probe** along ``t − r̂₀`` with
    ``max_j |w_j| = initial_step``.
 2. **Model** the ratios as ``softmax(a + s·w + E Qᵀ w)`` (:mod:`mist_debias.loop.control.response`), fitted to
-   every batch. A panel block measured at m weights enters the fit with weight 1/m per image: its seeds carry
-   the information of one batch about the *level* of the response (the panel's own sampling error is common
-   to all weights it was measured at), while the fit still takes the response's shape from the paired
-   differences. The fit's standard errors are then an honest spread of the predicted ratio.
+   every batch, each panel block with its own random offset (its seeds' sampling error is common to every
+   weight it was measured at): the response's shape comes from the paired differences, the population's
+   level and its standard error from the number of distinct seeds. The fit's standard errors are then an
+   honest spread of the predicted ratio.
 3. **Aim.** The next weight solves the model for the target, stepped from the *centre* (the searched weight
    closest to the target, compared pairwise on common panel blocks, among weights whose images decode and
    keep the concept) inside a trust region: a step that ends worse than the centre on common seeds, where
@@ -62,6 +62,7 @@ from mist_debias.loop.control.response import LogitLinearResponse, fit_response,
 from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wilson_interval
 
 FRESH_SEED_START = 1_000_000
+_BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval excludes the target
 
 
 def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:
@@ -163,10 +164,10 @@ class PanelController(Controller):
         concepts: Sequence[ConceptTarget],
         budget: int | None = None,
         alpha: float = 0.05,
-        first_look_share: float = 0.6,
-        look_chance: float = 0.5,
+        first_look_share: float = 0.85,
+        look_chance: float = 0.3,
         block_size: int = 64,
-        max_blocks: int = 5,
+        max_blocks: int = 6,
         min_look: int = 64,
         max_look: int = 4096,
         batch_multiple: int = 16,
@@ -303,27 +304,28 @@ class PanelController(Controller):
     # ------------------------------------------------------------------------------- the model
 
     def _fit(self, concept: str) -> LogitLinearResponse | None:
-        """The response model; a panel block measured at m weights enters with weight 1/m per image."""
+        """The response model; each panel block measured at several weights shares one offset (its seeds)."""
         state = self._states[concept]
         if len(state.points) + len(state.sites) < 2:
             return None
-        uses: dict[int, int] = {}
-        for point in state.points:
-            for index in point.blocks:
-                uses[index] = uses.get(index, 0) + 1
-        weights, counts = [], []
+        weights, counts, groups = [], [], []
         for point in state.points:
             for index, block in point.blocks.items():
                 weights.append(point.weights)
-                counts.append(block.counts / uses[index])
+                counts.append(block.counts)
+                groups.append(index)
         for site in state.sites:
             weights.append(site.weights)
-            counts.append(site.pooled.counts.astype(np.float64))
-        return fit_response(np.stack(weights), np.stack(counts), cross_penalty=self.cross_penalty)
+            counts.append(site.pooled.counts)
+            groups.append(-1)
+        return fit_response(
+            np.stack(weights), np.stack(counts), cross_penalty=self.cross_penalty, groups=np.asarray(groups)
+        )
 
     def _bracket(self, concept: str, weights: np.ndarray) -> np.ndarray:
-        """Two cells: keep the aim inside the bracket of weights whose Wilson interval (all images there)
-        excludes the target — below on the low side, above on the high side (as the adaptive controller)."""
+        """Two cells: keep the aim inside the bracket of weights whose Wilson interval (all images there, at
+        level 1 − 0.005: many weights are measured) excludes the target — below on the low side, above on the
+        high side (as the adaptive controller)."""
         state = self._states[concept]
         t = self.concepts[concept].target_array[0]
         direction = zero_sum_basis(2)[:, 0]
@@ -331,7 +333,7 @@ class PanelController(Controller):
         for w, batch in self._measured(state):
             if not self._usable(state, batch):
                 continue
-            lower, upper = wilson_interval(batch.counts[0], batch.n, self.alpha)
+            lower, upper = wilson_interval(batch.counts[0], batch.n, _BRACKET_ALPHA)
             x = float(w @ direction)
             if upper < t:
                 low = x if low is None else max(low, x)
@@ -369,6 +371,35 @@ class PanelController(Controller):
             weights = weights * (0.9 * edge / np.max(np.abs(weights)))
         return weights, limited, lost_limited
 
+    def _spread(
+        self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0
+    ) -> np.ndarray:
+        """How far the true ratios at the aim may lie from ``predicted`` (sizes looks only; a certificate never
+        depends on it): the sampling error of the distinct seeds measured near the aim (panel seeds counted once,
+        at weights predicted within 2ε of the aim), plus a quarter of the model's extrapolation from the nearest
+        such weight. ``extra``: as if that many more seeds had been measured at the aim."""
+        state = self._states[concept]
+        eps = self.concepts[concept].tolerance
+        seeds: set[int] = set()
+        fresh, distance = 0, math.inf
+        for point in state.points:
+            gap = float(np.max(np.abs(model.ratios(point.weights) - predicted)))
+            if gap <= 2.0 * eps and self._usable(state, point.pooled()):
+                seeds.update(point.blocks)
+                distance = min(distance, gap)
+        for site in state.sites:
+            gap = float(np.max(np.abs(model.ratios(site.weights) - predicted)))
+            if gap <= 2.0 * eps and self._usable(state, site.pooled):
+                fresh += site.pooled.n
+                distance = min(distance, gap)
+        near = fresh + extra + sum(self._block(concept, index)[1] for index in seeds)
+        if extra:
+            distance = 0.0
+        if near == 0:
+            return np.full(len(predicted), 0.5)
+        variance = np.maximum(predicted * (1.0 - predicted), 1e-4)
+        return np.sqrt(variance / near + (0.25 * distance) ** 2)
+
     def _alpha(self, state: _State) -> float:
         """α of the concept's next look."""
         return look_alpha(self.alpha, self.first_look_share, state.looks + 1)
@@ -387,8 +418,9 @@ class PanelController(Controller):
     def _look(self, concept: str, weights: np.ndarray, n_images: int) -> _Plan:
         return _Plan(weights, n_images, FRESH_SEED_START + self._states[concept].fresh_used, "look")
 
-    def _continue_site(self, concept: str) -> tuple[float, _Plan | None]:
-        """Expected images per certificate when the open site takes its next planned look (inf: no open site).
+    def _continue_site(self, concept: str) -> tuple[float, _Plan | None, float]:
+        """Expected images per certificate when the open site takes its next planned look, that look, and its
+        chance of success (inf, None, 0 when there is no open site).
 
         The site's pooled fresh ratios ``r̂`` (n images) are unbiased; after ``Δ`` more the pooled estimate is
         ``N(r̂, (Δ/(n + Δ))² v (1/n + 1/Δ))`` and the look passes when it lies ``z √(v / (n + Δ))`` inside.
@@ -396,14 +428,14 @@ class PanelController(Controller):
         spec = self.concepts[concept]
         state = self._states[concept]
         if not state.sites or state.sites[-1].passed or state.last_kind != "look":
-            return math.inf, None
+            return math.inf, None, 0.0
         site = state.sites[-1]
         pooled = site.pooled
         n = pooled.n + pooled.n_invalid
         extra = site.planned(len(site.batches)) - n
         left = self.budget_left
         if pooled.n == 0 or extra <= 0 or (left is not None and extra > left) or self._lost(state, pooled):
-            return math.inf, None
+            return math.inf, None, 0.0
         ratios = pooled.counts / pooled.n
         valid = pooled.n / n
         variance = np.maximum(ratios * (1.0 - ratios), 1e-4)
@@ -413,8 +445,8 @@ class PanelController(Controller):
             [pooled.n + valid * extra], ratios, spread, spec.target_array, spec.tolerance, self._alpha(state)
         )[0]
         if chance <= 0:
-            return math.inf, None
-        return extra / chance, self._look(concept, site.weights, extra)
+            return math.inf, None, 0.0
+        return extra / chance, self._look(concept, site.weights, extra), float(chance)
 
     def _search(self, concept: str, weights: np.ndarray, block: int) -> _Plan:
         """Measure panel ``block`` at ``weights`` (a new block instead, if that one was measured there)."""
@@ -442,31 +474,48 @@ class PanelController(Controller):
             return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), 0)
 
         weights, limited, lost_limited = self._aim(concept, model)
-        predicted, spread = model.ratios(weights), model.ratio_errors(weights)
-        # How far the aim lies (in predicted ratios) from the nearest weight measured: the model's extrapolation.
+        predicted = model.ratios(weights)
+        spread = self._spread(concept, model, predicted)
         usable = [w for w, b in self._measured(state) if self._usable(state, b)] or [state.points[0].weights]
         distance = min(float(np.max(np.abs(predicted - model.ratios(w)))) for w in usable)
-        spread = np.sqrt(spread**2 + (0.25 * distance) ** 2)
         left = self.budget_left
-        continue_cost, continue_plan = self._continue_site(concept)
+        continue_cost, continue_plan, extra_chance = self._continue_site(concept)
+        look_plan = None
         if not limited:
             sizes = np.arange(self.min_look, self.max_look + 1, self.batch_multiple)
             if left is not None:
                 sizes = sizes[sizes <= left]
             if len(sizes):
-                n_images, chance = plan_look(predicted, spread, t, eps, self._alpha(state), sizes)
-                if continue_plan is not None and continue_cost <= n_images / max(chance, 1e-300):
+                alpha = self._alpha(state)
+                n_images, chance = plan_look(predicted, spread, t, eps, alpha, sizes)
+                cost = n_images / chance if chance > 0 else math.inf
+                if continue_plan is not None and continue_cost <= cost:
                     return continue_plan
-                if chance >= self.look_chance:
+                # One step ahead: would the next panel block at the aim make the look cheaper by more than it costs?
+                block = self._block(concept, min(self._blocks_used(state), self.max_blocks - 1))[1]
+                sharper = self._spread(concept, model, predicted, extra=block)
+                later_n, later_chance = plan_look(predicted, sharper, t, eps, alpha, sizes)
+                later = block + (later_n / later_chance if later_chance > 0 else math.inf)
+                if chance >= self.look_chance and cost <= later:
                     return self._look(concept, weights, n_images)
-        if continue_plan is not None:
+                if chance > 0:
+                    look_plan = self._look(concept, weights, n_images)
+        if continue_plan is not None and extra_chance >= self.look_chance:
             return continue_plan
+        if look_plan is None:  # limited: a look here only if the panel is spent
+            sizes = np.arange(self.min_look, self.max_look + 1, self.batch_multiple)
+            sizes = sizes if left is None else sizes[sizes <= left]
+            if len(sizes):
+                n_images, chance = plan_look(predicted, spread, t, eps, self._alpha(state), sizes)
+                look_plan = self._look(concept, weights, n_images) if chance > 0 else None
         centre = state.points[self._centre(concept)]
         if lost_limited and self._deviation_bounds(concept, centre.pooled())[0] > eps:
             return _Plan(weights, 0, 0, "concept_lost")
         # Closer than the panel can resolve: new seeds (the next panel block) at the aim, not the same ones.
         resolved = limited or distance > float(np.max(spread))
         plan = self._search(concept, weights, 0 if resolved else self._blocks_used(state))
+        if plan.kind == "stuck" and look_plan is not None:
+            return look_plan  # the panel is spent: the look is the best search left
         if plan.kind == "stuck" and lost_limited:
             return _Plan(weights, 0, 0, "concept_lost")
         if left is not None and plan.n_images > left:
