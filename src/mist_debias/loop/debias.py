@@ -17,6 +17,7 @@ seeds, so it ends with the same edit as an uninterrupted run.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -217,8 +218,12 @@ class DebiasRun:
         classifier does not tell)."""
         prompt = self.concepts[concept].prompts.prompt
         images = generate_images(self.pipe, [prompt] * len(seeds), seeds, self.generation)
-        predictions = self.classifier.classify(images, self.concepts[concept].spec)
-        kept = getattr(predictions, "kept", None)
+        spec = self.concepts[concept].spec
+        if "concept" in inspect.signature(self.classifier.classify).parameters:
+            predictions = self.classifier.classify(images, spec, concept=concept)
+        else:
+            predictions = self.classifier.classify(images, spec)
+        kept = predictions.kept
         n_kept = None if kept is None else int(np.sum(kept & predictions.valid))
         return predictions.counts(), int((~predictions.valid).sum()), n_kept
 
