@@ -154,7 +154,8 @@ def main() -> None:
                 f"{np.median(fresh_dev):10.3f} {elapsed:8.2f}s"
             )
         if "adaptive" in medians and "panel" in medians:
-            print(f"{'':26s} panel / adaptive median images to a certificate: {medians['panel'] / medians['adaptive']:.2f}")
+            ratio = medians["panel"] / medians["adaptive"]
+            print(f"{'':26s} panel / adaptive median images to a certificate: {ratio:.2f}")
 
     print(f"\nhonesty: {args.honesty_replicates} replicates; a certificate here is false (α = 0.05)")
     print(f"{'plant':26s} {'controller':10s} {'false cert.':>11s} {'reasons'}  (false: |r−t| > ε or kept < 95%)")

@@ -246,7 +246,9 @@ class DebiasRun:
                 self.compounded = update
             self.wall_time += time.perf_counter() - start
             for proposal, seeds, counts, n_invalid, kept in entries:
-                self.controller.observe(proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start)
+                self.controller.observe(
+                    proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start
+                )
                 entry = self._entry(round_index, proposal, seeds, counts, n_invalid)
                 entry.update(seed_start=proposal.seed_start, kept=kept)
                 self.log.append(entry)

@@ -76,9 +76,7 @@ def look_success(n, mean, spread, target, tolerance: float, alpha: float) -> np.
     return np.prod(np.where(room > 0, inside, 0.0), axis=1)
 
 
-def plan_look(
-    mean, spread, target, tolerance: float, alpha: float, sizes: np.ndarray
-) -> tuple[int, float]:
+def plan_look(mean, spread, target, tolerance: float, alpha: float, sizes: np.ndarray) -> tuple[int, float]:
     """The look size among ``sizes`` with the fewest expected images per certificate, and its success chance."""
     success = look_success(sizes, mean, spread, target, tolerance, alpha)
     cost = np.where(success > 0, sizes / np.maximum(success, 1e-300), np.inf)

@@ -23,7 +23,9 @@ def share_bounds(kept: int, n: int, alpha: float) -> tuple[float, float]:
     return float(lower), float(upper)
 
 
-def surely_lost(kept: int, n: int, kept_unedited: int, n_unedited: int, alpha: float, floor: float = KEPT_FLOOR) -> bool:
+def surely_lost(
+    kept: int, n: int, kept_unedited: int, n_unedited: int, alpha: float, floor: float = KEPT_FLOOR
+) -> bool:
     """True when the share kept at a weight is surely below ``floor`` times the unedited share."""
     if n == 0 or n_unedited == 0:
         return False

@@ -371,9 +371,7 @@ class PanelController(Controller):
             weights = weights * (0.9 * edge / np.max(np.abs(weights)))
         return weights, limited, lost_limited
 
-    def _spread(
-        self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0
-    ) -> np.ndarray:
+    def _spread(self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0) -> np.ndarray:
         """How far the true ratios at the aim may lie from ``predicted`` (sizes looks only; a certificate never
         depends on it): the sampling error of the distinct seeds measured near the aim (panel seeds counted once,
         at weights predicted within 2ε of the aim), plus a quarter of the model's extrapolation from the nearest

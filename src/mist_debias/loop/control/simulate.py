@@ -249,9 +249,7 @@ def simulate(
                     seeds = range(start, start + proposal.n_images)
                     loop_seeds[proposal.concept] += proposal.n_images
                 counts, n_invalid, kept = plant.sample_seeds(effective, np.asarray(seeds))
-                controller.observe(
-                    proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start
-                )
+                controller.observe(proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start)
             else:
                 counts, n_invalid = plant.sample(effective, proposal.n_images, rng)
                 controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
