@@ -184,7 +184,7 @@ class ConceptConfig:
 class ControllerConfig:
     """The feedback controller (``panel``, ``adaptive`` or ``official``) and its options (checked by the controller)."""
 
-    name: str = "adaptive"
+    name: str = "panel"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -199,7 +199,7 @@ class ControllerConfig:
         if isinstance(data, str):
             return cls(name=data)
         data = dict(_mapping(data, where))
-        name = _convert(data.pop("name", "adaptive"), str, f"{where}.name")
+        name = _convert(data.pop("name", "panel"), str, f"{where}.name")
         return cls(name=name, options=data)
 
 
