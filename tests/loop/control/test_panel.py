@@ -32,6 +32,9 @@ def test_certifies_on_fresh_seeds_where_a_fixed_step_is_too_weak_fine_or_too_str
     np.testing.assert_allclose(status.certificate_upper, upper)
     assert min(status.certificate_lower) >= 0.45 and max(status.certificate_upper) <= 0.55
     assert status.certificate_alpha <= 0.05
+    # the reported distribution is the certifying images with the certificate's intervals, labelled
+    assert status.pooled.method == "clopper-pearson-tost" and status.pooled.alpha == 2 * status.certificate_alpha
+    assert status.pooled.lower == status.certificate_lower and status.pooled.upper == status.certificate_upper
 
 
 def test_names_panel_seeds_for_search_and_never_reuses_a_fresh_seed():

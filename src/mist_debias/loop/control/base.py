@@ -144,9 +144,11 @@ class ConceptStatus:
     when converged, otherwise those whose pooled estimate is closest to target); for increment
     controllers the sum of the increments applied so far (informational: the compounded W is the edit).
     ``last``: the latest batch alone (fixed-n simultaneous Wilson intervals). ``pooled``: all images at
-    ``weights`` (same kind of intervals). ``certificate_lower/upper``: the anytime-valid intervals
-    at level ``1 − certificate_alpha`` on which convergence is decided (None when the controller
-    decides on point estimates); ``certificate_method`` says which kind of interval they are.
+    ``weights`` (same kind of intervals; a controller that certifies on its own images may report those with
+    the certificate's intervals instead, saying so in the distribution's ``method``).
+    ``certificate_lower/upper``: the intervals at level ``1 − certificate_alpha`` on which convergence is
+    decided (None when the controller decides on point estimates); ``certificate_method`` says which kind of
+    interval they are.
     ``kept``/``kept_unedited``: (images still showing the concept, valid images) at ``weights`` and at the
     unedited model, when the classifier measures it.
     """

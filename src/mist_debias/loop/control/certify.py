@@ -32,6 +32,7 @@ from scipy import stats
 from mist_debias.measure.metrics import clopper_pearson_interval
 
 CERTIFICATE_METHOD = "one-look Clopper–Pearson TOST (one-sided α per side, every cell; intersection–union)"
+CERTIFICATE_INTERVAL = "clopper-pearson-tost"  # per-cell two-sided 1 − 2α intervals (not simultaneous)
 
 
 def look_alpha(alpha: float, first_share: float, look: int) -> float:

@@ -51,12 +51,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from mist_debias.loop.control.base import ConceptStatus, ConceptTarget, Controller, Observation, Proposal
-from mist_debias.loop.control.certify import CERTIFICATE_METHOD, certifies, look_alpha, look_success, plan_look
+from mist_debias.loop.control.certify import (
+    CERTIFICATE_INTERVAL,
+    CERTIFICATE_METHOD,
+    certifies,
+    look_alpha,
+    look_success,
+    plan_look,
+)
 from mist_debias.loop.control.kept import surely_lost
 from mist_debias.loop.control.response import LogitLinearResponse, fit_response, zero_sum_basis
 from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wilson_interval
@@ -653,9 +660,18 @@ class PanelController(Controller):
         last = pooled = None
         if state.last is not None:
             last = Distribution.from_counts(state.last.counts, spec.target, state.last.n_invalid)
+        site = None if state.certified is None else state.sites[state.certified]
         if best is not None:
             pooled = Distribution.from_counts(best[1].counts, spec.target, best[1].n_invalid)
-        site = None if state.certified is None else state.sites[state.certified]
+        if site is not None:
+            # What the run reports is the certificate itself: the same images, the intervals that decided it.
+            pooled = replace(
+                pooled,
+                lower=tuple(float(x) for x in site.lower),
+                upper=tuple(float(x) for x in site.upper),
+                alpha=2.0 * site.alphas[-1],
+                method=CERTIFICATE_INTERVAL,
+            )
         unedited = self._unedited(state)
         return ConceptStatus(
             concept=concept,
