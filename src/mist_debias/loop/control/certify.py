@@ -13,11 +13,12 @@ if cell j is truly outside, on one side, the certificate needs that side's one-s
 which happens with probability ≤ α_m. No correction over the K cells and none for the two sides is
 needed: P(certificate | some cell outside) ≤ α_m, for every K.
 
-**α spending over looks.** A run may look at several weights (a failed look's images feed the search
-and a corrected weight gets a new look). Look m, counted over the concept, spends
-``α_m = α s (1 − s)^(m−1)`` (Σ_m α_m ≤ α), and a look's interval uses only its own images, whose count
-was fixed before they were drawn. By the union bound over looks, P(any false certificate) ≤ α per concept
-— the group-sequential "α-spending" idea (Lan & DeMets 1983) in its simplest, Bonferroni form.
+**α spending over looks.** A run may look several times (a failed look's images feed the search and a
+corrected weight gets a new look, or the same weight a larger pooled look). Look m, counted over the
+concept, spends ``α_m = α s (1 − s)^(m−1)`` (Σ_m α_m ≤ α). A look's interval uses the fresh images at its
+weight, whose cumulative number was fixed before the first of them was drawn (sizes ``n₁ · 2^k`` at one
+weight), so each is a fixed-n interval; by the union bound over looks, P(any false certificate) ≤ α per
+concept — the group-sequential "α-spending" idea (Lan & DeMets 1983) in its simplest, Bonferroni form.
 
 **Sizing.** :func:`look_success` predicts the chance a look of n images certifies when the ratios at its
 weight are believed to be ``m_j ± τ_j`` (normal), using the normal approximation of the bounds;

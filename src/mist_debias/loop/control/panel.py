@@ -1,4 +1,4 @@
-"""The panel controller: search on common seeds, certify with one look on fresh seeds.
+"""The panel controller: search on common seeds, certify on fresh seeds with few, pre-sized looks.
 
 Weights are absolute (mode ``"absolute"``) and the controller names the seeds of every batch, because on the
 world the same seed at nearby weights gives strongly paired images (each seed's cell flips at its own
@@ -6,9 +6,8 @@ threshold weight; a difference between two weights is 3–4× less noisy on comm
 independent batches). Seeds live in two disjoint ranges of the concept's seed space:
 
 - **the panel**, seed indices ``0, 1, …``, cut into blocks ``[0, b), [b, 2b), [2b, 4b), [4b, 8b), …``
-  (b = ``block_size`` · ⌈K/4⌉). Every searched weight measures block 0 first and deeper blocks only while
-  it stays the weight the search aims at, so the share of two weights compared on their common blocks is
-  a comparison on the same seeds (common random numbers);
+  (b = ``block_size`` · ⌈K/4⌉). Two weights measured on a common block are compared on the same seeds
+  (common random numbers); a block never seen before brings new seeds, i.e. new information on the level;
 - **fresh seeds** from ``FRESH_SEED_START`` on, each used once, for certificates.
 
 Each concept runs this loop:
@@ -18,28 +17,30 @@ Each concept runs this loop:
 2. **Model** the ratios as ``softmax(a + s·w + E Qᵀ w)`` (:mod:`mist_debias.loop.control.response`), fitted to
    every batch, each panel block with its own random offset (its seeds' sampling error is common to every
    weight it was measured at): the response's shape comes from the paired differences, the population's
-   level and its standard error from the number of distinct seeds. The fit's standard errors are then an
-   honest spread of the predicted ratio.
+   level from the distinct seeds.
 3. **Aim.** The next weight solves the model for the target, stepped from the *centre* (the searched weight
-   closest to the target, compared pairwise on common panel blocks, among weights whose images decode and
-   keep the concept) inside a trust region: a step that ends worse than the centre on common seeds, where
-   images stop decoding, or where the concept is lost halves the radius; a step to the region's edge that
-   did not fail multiplies it by ``growth``. With two cells the aim also stays inside the bracket of weights
-   whose interval excludes the target. The aim never goes beyond the smallest edit known to lose the concept.
-4. **Look or search.** If the aimed weight was not limited by the trust region or the bracket, the controller
+   closest to the target, compared on common panel blocks, among weights whose images decode and keep the
+   concept) inside a trust region judged on common seeds (the ratio of the change measured to the change
+   the model predicted; steps into undecodable or concept-losing weights halve it). With two cells the aim
+   also stays inside the bracket of weights whose 99.5% interval excludes the target. The aim never goes
+   beyond the smallest edit known to lose the concept.
+4. **Look or search.** When the aim was not cut short by the trust region or the bracket, the controller
    predicts how likely a look of n fresh images there certifies (:func:`~mist_debias.loop.control.certify.plan_look`,
-   from the model's prediction and its standard errors) and looks when that chance is at least
-   ``look_chance``, with the n that minimises the expected images per certificate. Otherwise it searches:
-   when the aimed weight differs from every searched one by more than the model can resolve it measures
-   block 0 there; when it does not, the nearest searched weight gets its next panel block (the panel grows
-   exactly where the search has settled).
-5. **Certify** each look by itself (:mod:`mist_debias.loop.control.certify`): every cell's one-sided
-   Clopper–Pearson bounds at the look's ``α_m`` inside ``[t_j − ε, t_j + ε]`` (an intersection–union
-   equivalence test) and the concept not surely lost there. A failed look's images join the model and the
-   search goes on; the next look spends the next share of α.
+   from the prediction and the sampling error of the distinct seeds measured near it) and takes the n with
+   the fewest expected images per certificate. It looks when that chance is at least ``look_chance`` and
+   one more panel block at the aim would not make the look cheaper by more than the block costs (a
+   one-step look-ahead). Otherwise it searches: block 0 at the aim when the model can resolve the step,
+   else the next new block at the aim (the panel grows where the search has settled).
+5. **Certify** (:mod:`mist_debias.loop.control.certify`): every cell's one-sided Clopper–Pearson bounds at the
+   look's ``α_m`` inside ``[t_j − ε, t_j + ε]`` (an intersection–union equivalence test) and the concept not
+   surely lost there. A failed look may be followed by the next look at the same weight, pooling its fresh
+   images, at cumulative sizes ``n₁ · 2^k`` fixed at the first look there (a group-sequential design), when
+   that is the cheaper way to a certificate; otherwise its images join the model and the search goes on.
 
-Honesty: look m has false-certificate probability ≤ α_m (its seeds are fresh and its weight and size were
-chosen before they were drawn); Σ_m α_m ≤ α per concept. Nothing else ever certifies.
+Honesty: the m-th look of a concept spends ``α_m`` (:func:`~mist_debias.loop.control.certify.look_alpha`,
+Σ_m α_m ≤ α). Each look's interval is a fixed-n interval: its weight and its cumulative size were fixed
+before any of its images were drawn, on seeds nothing else used. By the union bound over looks,
+P(a false certificate) ≤ α per concept. Nothing else ever certifies.
 
 A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``. An
 unconverged run reports the weight with the most evidence near the target: of all weights measured (panel
@@ -156,7 +157,7 @@ class PanelController(Controller):
     Parameters: ``alpha`` — false-certificate level per concept; ``first_look_share`` — the share of α the
     first look spends (look m spends ``α s (1 − s)^(m−1)``); ``look_chance`` — the least predicted chance of
     success for which a look is made; ``block_size`` — panel block 0 holds ``block_size · ⌈K/4⌉`` seeds;
-    ``max_blocks`` — panel blocks per weight at most; ``min_look``/``max_look``/``batch_multiple`` — look sizes;
+    ``max_blocks`` — panel blocks in all; ``min_look``/``max_look``/``batch_multiple`` — look sizes;
     ``initial_step`` — the probe's largest |w_j|; ``growth`` — trust-region factor; ``max_abs_weight`` —
     weights never exceed it; ``max_iterations`` — batches per concept; ``cross_penalty`` — ridge on the
     model's cross-effects; ``kept_floor`` — a weight is lost when its share kept is surely below this share
