@@ -517,12 +517,10 @@ class PanelController(Controller):
         centre = state.points[self._centre(concept)]
         if lost_limited and self._deviation_bounds(concept, centre.pooled())[0] > eps:
             return _Plan(weights, 0, 0, "concept_lost")
-        # Closer than the panel can resolve, and the best weight so far could be on target: new seeds (the next
-        # panel block) at the aim. While even the best weight is surely off target, cheap common-seed steps.
-        settled = self._deviation_bounds(concept, centre.pooled())[0] <= eps
-        resolved = limited or distance > float(np.max(spread)) or not settled
+        # Closer than the panel can resolve: new seeds (the next panel block) at the aim, not the same ones.
+        resolved = limited or distance > float(np.max(spread))
         plan = self._search(concept, weights, 0 if resolved else self._blocks_used(state))
-        if plan.kind == "stuck" and look_plan is not None and settled:
+        if plan.kind == "stuck" and look_plan is not None:
             return look_plan  # the panel is spent: the look is the best search left
         if plan.kind == "stuck" and lost_limited:
             return _Plan(weights, 0, 0, "concept_lost")
