@@ -43,9 +43,9 @@ before any of its images were drawn, on seeds nothing else used. By the union bo
 P(a false certificate) ≤ α per concept. Nothing else ever certifies.
 
 A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``. An
-unconverged run reports the weight with the most evidence near the target: of all weights measured (panel
-and looks pooled per weight, where images decode and keep the concept), the one whose simultaneous
-intervals bound the deviation ``max_j |r_j − t_j|`` most tightly.
+unconverged run reports the weight with the most evidence near the target: of the weights measured (panel
+and looks pooled per weight, where images decode and keep the concept) with at least a quarter of the images
+of the best-measured one, the one whose simultaneous intervals bound ``max_j |r_j − t_j|`` most tightly.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from mist_debias.loop.control.response import LogitLinearResponse, fit_response,
 from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wilson_interval
 
 FRESH_SEED_START = 1_000_000
+_EVIDENCE_SHARE = 0.25  # an unconverged run reports a weight with ≥ this share of the best-measured one's images
 _BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval excludes the target
 
 
@@ -634,8 +635,9 @@ class PanelController(Controller):
         return Proposal(concept, plan.weights.copy(), self.mode, plan.n_images, plan.seed_start)
 
     def _best(self, concept: str) -> tuple[np.ndarray, _Batch] | None:
-        """The reported weight: the certified site, else the measured weight (panel and fresh images pooled)
-        whose simultaneous intervals bound the deviation from the target most tightly."""
+        """The reported weight: the certified site, else, among measured weights (panel and fresh images pooled)
+        with at least a quarter of the images of the best-measured one, the one whose simultaneous intervals
+        bound the deviation from the target most tightly (never a lucky small batch)."""
         state = self._states[concept]
         if state.certified is not None:
             site = state.sites[state.certified]
@@ -651,7 +653,10 @@ class PanelController(Controller):
         usable = [(w, b) for w, b in pooled if self._usable(state, b)] or pooled
         if not usable:
             return None
-        return min(usable, key=lambda item: self._deviation_bounds(concept, item[1])[1])
+        # Evidence first: only weights with at least a quarter of the most images any weight has.
+        most = max(b.n for _, b in usable)
+        supported = [(w, b) for w, b in usable if b.n >= _EVIDENCE_SHARE * most]
+        return min(supported, key=lambda item: self._deviation_bounds(concept, item[1])[1])
 
     def status(self, concept: str) -> ConceptStatus:
         spec = self.concepts[concept]
