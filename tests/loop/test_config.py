@@ -140,7 +140,7 @@ def test_defaults():
     config = RunConfig()
     assert config.model is None and config.concepts == ()
     assert config.tolerance == 0.05 and config.budget is None and config.seed == 0
-    assert config.controller.name == "adaptive"
+    assert config.controller.name == "panel"
     assert config.edit.hyperparameters().lam == 0.5
     assert config.edit.resolved_keys == "eos"
     time = RunConfig.from_dict({"edit": {"method": "time"}})

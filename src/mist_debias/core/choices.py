@@ -15,7 +15,7 @@ MistForm = Literal["paper", "running"]
 """MIST's normalisation: the paper's, or the official code's running norm."""
 DtypeName = Literal["float32", "float16", "bfloat16"]
 """Weight and generation precisions."""
-ControllerName = Literal["adaptive", "official"]
+ControllerName = Literal["panel", "adaptive", "official"]
 """Feedback controllers of the debias loop (:mod:`mist_debias.loop.control`)."""
 ClassifyMode = Literal["joint", "per-axis"]
 """CLIP zero-shot modes (:mod:`mist_debias.measure.classifiers.clip`)."""

@@ -191,7 +191,7 @@ class ControllerConfig(_Section):
     """The feedback controller and its own options (checked by the controller). In a file: a name, or a
     mapping of ``name`` and the options."""
 
-    name: ControllerName = "adaptive"
+    name: ControllerName = "panel"
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")

@@ -18,6 +18,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,13 @@ class DebiasRun:
         start = self.seed + self.order.index(concept) * SEEDS_PER_CONCEPT + offset + self._images_of(concept)
         return list(range(start, start + count))
 
+    def _proposal_seeds(self, proposal: Proposal) -> list[int]:
+        """The seeds a proposal names (indices into its concept's seed space), else fresh ones."""
+        if proposal.seed_start is None:
+            return self._seeds(proposal.concept, proposal.n_images)
+        start = self.seed + self.order.index(proposal.concept) * SEEDS_PER_CONCEPT + proposal.seed_start
+        return list(range(start, start + proposal.n_images))
+
     def _weights(self, proposals: dict[str, Proposal]) -> list[list[float]]:
         """Per-concept weights of this round's edit (absolute mode)."""
         weights = []
@@ -216,7 +224,14 @@ class DebiasRun:
             if {p.mode for p in proposals.values()} == {"increment"}:
                 self.compounded = self._round_update(proposals)
             for entry in round_entries:
-                self.controller.observe(entry["concept"], entry["weights"], entry["counts"], entry["n_invalid"])
+                self.controller.observe(
+                    entry["concept"],
+                    entry["weights"],
+                    entry["counts"],
+                    entry["n_invalid"],
+                    entry.get("kept"),
+                    entry.get("seed_start"),
+                )
                 self.log.append(entry)
         if self.log:
             self.unet_evaluations = self.log[-1]["unet_evaluations"]
@@ -225,10 +240,22 @@ class DebiasRun:
     # ----------------------------------------------------------------------------------------- loop
 
     def _measure(self, concept: str, seeds: list[int]) -> tuple[np.ndarray, int]:
+        counts, n_invalid, _ = self._measure_kept(concept, seeds)
+        return counts, n_invalid
+
+    def _measure_kept(self, concept: str, seeds: list[int]) -> tuple[np.ndarray, int, int | None]:
+        """Counts per cell, images not classified, and valid images still showing the concept (None when the
+        classifier does not tell)."""
         prompt = self.concepts[concept].prompts.prompt
         images = generate_images(self.pipe, [prompt] * len(seeds), seeds, self.generation)
-        predictions = self.classifier.classify(images, self.concepts[concept].spec)
-        return predictions.counts(), int((~predictions.valid).sum())
+        spec = self.concepts[concept].spec
+        if "concept" in inspect.signature(self.classifier.classify).parameters:
+            predictions = self.classifier.classify(images, spec, concept=concept)
+        else:
+            predictions = self.classifier.classify(images, spec)
+        kept = predictions.kept
+        n_kept = None if kept is None else int(np.sum(kept & predictions.valid))
+        return predictions.counts(), int((~predictions.valid).sum()), n_kept
 
     def run(self, on_round: Callable[[DebiasRun], None] | None = None) -> None:
         """Run rounds until the controller has nothing left to propose (then call :meth:`finish`)."""
@@ -241,16 +268,20 @@ class DebiasRun:
             with self._edit(update).applied(self.pipe):
                 for proposal in proposals:
                     self.counter.count = 0
-                    seeds = self._seeds(proposal.concept, proposal.n_images)
-                    counts, n_invalid = self._measure(proposal.concept, seeds)
+                    seeds = self._proposal_seeds(proposal)
+                    counts, n_invalid, kept = self._measure_kept(proposal.concept, seeds)
                     self.unet_evaluations += self.counter.count
-                    entries.append((proposal, seeds, counts, n_invalid))
+                    entries.append((proposal, seeds, counts, n_invalid, kept))
             if {p.mode for p in proposals} == {"increment"}:
                 self.compounded = update
             self.wall_time += time.perf_counter() - start
-            for proposal, seeds, counts, n_invalid in entries:
-                self.controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
-                self.log.append(self._entry(round_index, proposal, seeds, counts, n_invalid))
+            for proposal, seeds, counts, n_invalid, kept in entries:
+                self.controller.observe(
+                    proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start
+                )
+                entry = self._entry(round_index, proposal, seeds, counts, n_invalid)
+                entry.update(seed_start=proposal.seed_start, kept=kept)
+                self.log.append(entry)
             self.folder.write_log(self.log)
             self.folder.write_result(self.final_edit(), self.summary())
             round_index += 1

@@ -207,7 +207,11 @@ class WorldOracle:
         """The raw decoded attributes of each image (profession included)."""
         return self.decoder.decode(images)
 
-    def classify(self, images: Sequence[Image.Image], spec: AttributeSpec) -> CellPredictions:
+    def classify(
+        self, images: Sequence[Image.Image], spec: AttributeSpec, concept: str | None = None
+    ) -> CellPredictions:
+        """Cells of each image; with ``concept`` (a profession of the world) also whether each image still
+        shows it (``kept``: its decoded profession is the concept)."""
         constraints = [cell_constraints(cell) for cell in spec.cells]
         decoded = self.decode(images)
         probs = np.zeros((len(decoded), spec.num_cells))
@@ -217,7 +221,10 @@ class WorldOracle:
             hits = [j for j, wanted in enumerate(constraints) if _matches(item.attributes, wanted)]
             if hits:
                 probs[row, hits] = 1.0 / len(hits)
-        return CellPredictions(probs=probs, valid=probs.sum(axis=1) > 0)
+        kept = None
+        if concept is not None and concept in BACKGROUND_COLORS:
+            kept = np.array([item.ok and item.attributes.profession == concept for item in decoded])
+        return CellPredictions(probs=probs, valid=probs.sum(axis=1) > 0, kept=kept)
 
 
 def decode_rate(decoded: Sequence[Decoded]) -> float:

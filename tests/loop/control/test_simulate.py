@@ -40,3 +40,41 @@ def test_no_image_decodes_beyond_the_decodable_limit():
     assert counts.tolist() == [0, 0] and n_invalid == 64
     counts, n_invalid = plant.sample([2.0, -2.0], 64, rng)
     assert counts.sum() == 64 and n_invalid == 0
+
+
+def test_seeded_plant_is_the_softmax_over_seeds_and_each_seed_keeps_its_cell():
+    from mist_debias.loop.control.simulate import SeededPlant
+
+    plant = SeededPlant.from_ratios([0.5, 0.3, 0.2], scale=2.0, cross=0.4, seed=3, invalid_rate=0.1)
+    w = np.array([0.3, -0.1, -0.2])
+    seeds = np.arange(40000)
+    counts, n_invalid, kept = plant.sample_seeds(w, seeds)
+    # Gumbel-max: over many seeds the share is softmax(a + B w) (4 standard errors)
+    np.testing.assert_allclose(counts / counts.sum(), plant.ratios(w), atol=4 * np.sqrt(0.25 / counts.sum()))
+    assert abs(n_invalid / 40000 - 0.1) < 0.01 and kept == counts.sum()
+    # common random numbers: the same seeds give the same cells, another population other cells
+    again, _ = plant.classify(w, seeds[:500])
+    first, _ = plant.classify(w, seeds[:500])
+    np.testing.assert_array_equal(again, first)
+    other, _ = plant.with_noise_seed(1).classify(w, seeds[:500])
+    assert np.any(other != first)
+
+
+def test_two_cell_seeds_flip_once_at_their_own_threshold():
+    from mist_debias.loop.control.simulate import SeededPlant
+
+    plant = SeededPlant.from_ratios([0.85, 0.15], scale=3.0)
+    xs = np.linspace(-1.5, 1.5, 61)
+    cells = np.stack([plant.classify([-x, x], np.arange(300))[0] for x in xs])
+    flips = np.sum(np.abs(np.diff(cells, axis=0)), axis=0)
+    assert np.all(flips <= 1) and np.sum(flips == 1) > 250  # monotone per seed
+
+
+def test_seeded_plant_loses_the_concept_for_large_edits():
+    from mist_debias.loop.control.simulate import SeededPlant
+
+    plant = SeededPlant.from_ratios([0.6, 0.4], scale=1.0, loss_radius=2.0)
+    assert plant.kept_share([0.0, 0.0]) == 1.0
+    assert plant.kept_share([2.0, -2.0]) == np.exp(-1.0)
+    counts, _, kept = plant.sample_seeds([2.0, -2.0], np.arange(20000))
+    assert abs(kept / counts.sum() - np.exp(-1.0)) < 0.015

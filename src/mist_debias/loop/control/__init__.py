@@ -10,10 +10,12 @@ from mist_debias.loop.control.base import (
     Proposal,
 )
 from mist_debias.loop.control.official import OfficialController
+from mist_debias.loop.control.panel import PanelController
 
 CONTROLLERS: dict[str, type[Controller]] = {
     OfficialController.name: OfficialController,
     AdaptiveController.name: AdaptiveController,
+    PanelController.name: PanelController,
 }
 
 
@@ -31,6 +33,7 @@ __all__ = [
     "Controller",
     "Observation",
     "OfficialController",
+    "PanelController",
     "Proposal",
     "controller_from_dict",
 ]

@@ -4,9 +4,16 @@ One controller drives every concept of a run. The loop repeats::
 
     while proposals := controller.propose():
         for p in proposals:
-            images = generate(edit built from p.weights as p.mode says, p.concept, p.n_images)
-            counts, n_invalid = classify(images)
-            controller.observe(p.concept, p.weights, counts, n_invalid)
+            seeds = p.seeds() or the loop's own fresh seeds
+            images = generate(edit built from p.weights as p.mode says, p.concept, seeds)
+            counts, n_invalid, kept = classify(images)
+            controller.observe(p.concept, p.weights, counts, n_invalid, kept, p.seed_start)
+
+A controller may name the seeds (``seed_start``: the proposal's images use seed indices
+``seed_start, …, seed_start + n_images − 1`` of the concept's seed space). Naming seeds lets a controller
+measure the same seeds at several weights (common random numbers: the difference between two weights is
+then far less noisy than between two independent batches) and keep other seeds fresh for a certificate.
+``kept`` is the number of valid images that still show the concept (None when the classifier cannot tell).
 
 ``mode`` tells the loop how to turn a proposal's weights into an edit:
 
@@ -67,42 +74,65 @@ class ConceptTarget:
 
 @dataclass(frozen=True)
 class Proposal:
-    """Generate ``n_images`` of ``concept`` with the edit given by ``weights`` (length K) and ``mode``."""
+    """Generate ``n_images`` of ``concept`` with the edit given by ``weights`` (length K) and ``mode``.
+
+    ``seed_start``: when not None, the images use the seed indices ``seed_start … seed_start + n_images − 1``
+    of the concept's seed space; None lets the loop pick fresh seeds.
+    """
 
     concept: str
     weights: np.ndarray
     mode: str
     n_images: int
+    seed_start: int | None = None
+
+    def seeds(self) -> range | None:
+        """The named seed indices, or None."""
+        return None if self.seed_start is None else range(self.seed_start, self.seed_start + self.n_images)
 
 
 @dataclass(frozen=True)
 class Observation:
-    """What the loop reports back: the classifier's hard counts for the images made at ``weights``."""
+    """What the loop reports back: the classifier's hard counts for the images made at ``weights``.
+
+    ``kept``: how many of the valid images still show the concept (None: not measured). ``seed_start``: the
+    first seed index when the proposal named its seeds (None otherwise).
+    """
 
     concept: str
     weights: tuple[float, ...]
     counts: tuple[int, ...]
     n_invalid: int = 0
+    kept: int | None = None
+    seed_start: int | None = None
 
     @property
     def n_images(self) -> int:
         return int(sum(self.counts)) + self.n_invalid
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "concept": self.concept,
             "weights": list(self.weights),
             "counts": list(self.counts),
             "n_invalid": self.n_invalid,
         }
+        if self.kept is not None:
+            data["kept"] = self.kept
+        if self.seed_start is not None:
+            data["seed_start"] = self.seed_start
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Observation:
+        kept, seed_start = data.get("kept"), data.get("seed_start")
         return cls(
             data["concept"],
             tuple(float(x) for x in data["weights"]),
             tuple(int(x) for x in data["counts"]),
             int(data.get("n_invalid", 0)),
+            None if kept is None else int(kept),
+            None if seed_start is None else int(seed_start),
         )
 
 
@@ -114,9 +144,13 @@ class ConceptStatus:
     when converged, otherwise those whose pooled estimate is closest to target); for increment
     controllers the sum of the increments applied so far (informational: the compounded W is the edit).
     ``last``: the latest batch alone (fixed-n simultaneous Wilson intervals). ``pooled``: all images at
-    ``weights`` (same kind of intervals). ``certificate_lower/upper``: the anytime-valid intervals
-    at level ``1 − certificate_alpha`` on which convergence is decided (None when the controller
-    decides on point estimates).
+    ``weights`` (same kind of intervals; a controller that certifies on its own images may report those with
+    the certificate's intervals instead, saying so in the distribution's ``method``).
+    ``certificate_lower/upper``: the intervals at level ``1 − certificate_alpha`` on which convergence is
+    decided (None when the controller decides on point estimates); ``certificate_method`` says which kind of
+    interval they are.
+    ``kept``/``kept_unedited``: (images still showing the concept, valid images) at ``weights`` and at the
+    unedited model, when the classifier measures it.
     """
 
     concept: str
@@ -132,6 +166,9 @@ class ConceptStatus:
     certificate_lower: tuple[float, ...] | None = None
     certificate_upper: tuple[float, ...] | None = None
     certificate_alpha: float | None = None
+    certificate_method: str | None = None
+    kept: tuple[int, int] | None = None
+    kept_unedited: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -148,6 +185,9 @@ class ConceptStatus:
             "certificate_lower": None if self.certificate_lower is None else list(self.certificate_lower),
             "certificate_upper": None if self.certificate_upper is None else list(self.certificate_upper),
             "certificate_alpha": self.certificate_alpha,
+            "certificate_method": self.certificate_method,
+            "kept": None if self.kept is None else list(self.kept),
+            "kept_unedited": None if self.kept_unedited is None else list(self.kept_unedited),
         }
 
 
@@ -202,7 +242,7 @@ class Controller(ABC):
         controller = cls.from_dict(config)
         for obs in observations:
             obs = obs if isinstance(obs, Observation) else Observation.from_dict(obs)
-            controller.observe(obs.concept, obs.weights, obs.counts, obs.n_invalid)
+            controller.observe(obs.concept, obs.weights, obs.counts, obs.n_invalid, obs.kept, obs.seed_start)
         return controller
 
     # ----------------------------------------------------------------------------- the contract
@@ -218,9 +258,18 @@ class Controller(ABC):
     def concept_images(self, concept: str) -> int:
         return sum(obs.n_images for obs in self.observations if obs.concept == concept)
 
-    def observe(self, concept: str, weights, counts, n_invalid: int = 0) -> None:
+    def observe(
+        self,
+        concept: str,
+        weights,
+        counts,
+        n_invalid: int = 0,
+        kept: int | None = None,
+        seed_start: int | None = None,
+    ) -> None:
         """Record the classifier's hard ``counts`` (length K, valid images only) and the number of
-        images it could not classify, for images generated at the proposal's ``weights``."""
+        images it could not classify, for images generated at the proposal's ``weights``; ``kept`` of the
+        valid images still show the concept; ``seed_start`` is the proposal's, when it named seeds."""
         if concept not in self.concepts:
             raise KeyError(f"unknown concept {concept!r}")
         num_cells = self.concepts[concept].num_cells
@@ -230,9 +279,18 @@ class Controller(ABC):
             raise ValueError(f"concept {concept!r} has {num_cells} cells; got {weights.shape}, {counts.shape}")
         if np.any(counts < 0) or n_invalid < 0 or np.any(counts != np.round(counts)):
             raise ValueError("counts and n_invalid must be non-negative integers")
+        if kept is not None and not 0 <= kept <= counts.sum():
+            raise ValueError(f"kept must lie in [0, {int(counts.sum())}] (the valid images), got {kept}")
         if self.status(concept).finished:
             raise ValueError(f"concept {concept!r} is finished; it takes no more observations")
-        obs = Observation(concept, tuple(float(x) for x in weights), tuple(int(x) for x in counts), int(n_invalid))
+        obs = Observation(
+            concept,
+            tuple(float(x) for x in weights),
+            tuple(int(x) for x in counts),
+            int(n_invalid),
+            None if kept is None else int(kept),
+            None if seed_start is None else int(seed_start),
+        )
         self._record(obs)
         self.observations.append(obs)
 
@@ -252,7 +310,7 @@ class Controller(ABC):
                 n = self._fit_to_budget(wanted.n_images, left)
                 if n <= 0:
                     continue
-                wanted = Proposal(wanted.concept, wanted.weights, wanted.mode, n)
+                wanted = Proposal(wanted.concept, wanted.weights, wanted.mode, n, wanted.seed_start)
                 left -= n
             proposals.append(wanted)
         return proposals

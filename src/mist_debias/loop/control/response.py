@@ -14,6 +14,13 @@ Gauge: adding the same constant to every w_j still changes a MIST edit (each att
 uses it (Σ_j (t_j − r_j) = 0). The controller therefore searches only the K − 1 zero-sum directions, which
 makes the map from weights to ratios square: K − 1 free weights for the K − 1 free ratios.
 
+Common seeds: a panel of seeds measured at several weights shares its own sampling error at every one of
+them (the panel's level is off the population's by ≈ sqrt(r(1 − r)/n) whatever the weight). ``groups``
+gives such rows a shared offset δ_g (a K-vector added to their logits) with a Gaussian prior of precision
+``n_g / K · (1 − 1/K)`` per cell — a random effect for the panel (mixed-model view of common random
+numbers). The response's shape is then learnt from the panel's paired differences at full weight, while
+the population's level, and its standard error, come out as the data allow.
+
 Fit: penalised maximum likelihood over all observations (pooled per distinct weight), with pseudo-counts
 so that a batch at 0% or 100% keeps a finite likelihood, and a ridge on E that keeps the cross-effects
 small unless the data insist. The objective is convex (the likelihood is convex in the linear map; the
@@ -41,14 +48,19 @@ def zero_sum_basis(num_cells: int) -> np.ndarray:
     return basis
 
 
-def _design(weights: np.ndarray) -> np.ndarray:
-    """Jacobians (M×K×P) of the logits with respect to θ = (a, s, vec(E)) at each weight row."""
+def _design(weights: np.ndarray, groups: np.ndarray | None = None, num_groups: int = 0) -> np.ndarray:
+    """Jacobians (M×K×P) of the logits with respect to θ = (a, s, vec(E), δ_1 … δ_G) at each weight row
+    (row m in group ``groups[m]``, −1 for none)."""
     num_cells = weights.shape[1]
     eye = np.eye(num_cells)
     projected = weights @ zero_sum_basis(num_cells)
-    return np.stack(
-        [np.hstack([eye, w[:, None], np.kron(eye, x[None, :])]) for w, x in zip(weights, projected, strict=True)]
-    )
+    rows = []
+    for m, (w, x) in enumerate(zip(weights, projected, strict=True)):
+        offsets = np.zeros((num_cells, num_cells * num_groups))
+        if groups is not None and groups[m] >= 0:
+            offsets[:, num_cells * groups[m] : num_cells * (groups[m] + 1)] = eye
+        rows.append(np.hstack([eye, w[:, None], np.kron(eye, x[None, :]), offsets]))
+    return np.stack(rows)
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,7 @@ def fit_response(
     cross_penalty: float = 10.0,
     offset_penalty: float = 1e-4,
     max_iter: int = 100,
+    groups=None,
 ) -> LogitLinearResponse:
     """Fit :class:`LogitLinearResponse` to per-weight pooled counts (rows of ``weights`` and ``counts``).
 
@@ -129,13 +142,17 @@ def fit_response(
     cross-effects small unless the data insist; λ_a fixes the irrelevant common shift of ``a`` and keeps
     a never-seen cell finite. The penalties make the Hessian positive definite. Damped Newton with the
     exact Hessian from a fixed start; if the unconstrained optimum has s < 0 the gain is fixed at 0 and
-    the rest re-solved (for a convex objective that is the constrained optimum).
+    the rest re-solved (for a convex objective that is the constrained optimum). ``groups`` (one integer per
+    row, −1 for none) adds the shared offsets described in the module docstring; the returned response and
+    its covariance are the population's (δ = 0), the offsets' uncertainty marginalised in.
     """
     c = np.asarray(counts, dtype=np.float64) + pseudo_count
     num_cells = c.shape[1]
     raw = np.asarray(weights, dtype=np.float64)
     unit = float(np.sqrt(max(float(np.mean(np.sum(raw**2, axis=1))), 1e-24)))
-    jacobians = _design(raw / unit)
+    group_index = None if groups is None else np.asarray(groups, dtype=np.int64)
+    num_groups = 0 if group_index is None else int(group_index.max(initial=-1)) + 1
+    jacobians = _design(raw / unit, group_index, num_groups)
     totals = c.sum(axis=1)
     transposed = jacobians.transpose(0, 2, 1)
     eye = np.eye(num_cells)
@@ -143,7 +160,13 @@ def fit_response(
     penalty = np.zeros((num_params, num_params))
     penalty[:num_cells, :num_cells] = offset_penalty * np.eye(num_cells)
     penalty[num_cells, num_cells] = gain_penalty
-    penalty[num_cells + 1 :, num_cells + 1 :] = cross_penalty * np.eye(num_params - num_cells - 1)
+    num_base = num_cells * num_cells + 1
+    penalty[num_cells + 1 : num_base, num_cells + 1 : num_base] = cross_penalty * np.eye(num_base - num_cells - 1)
+    for g in range(num_groups):
+        images = float(c[group_index == g].sum()) / max(int(np.sum(group_index == g)), 1)
+        precision = images / num_cells * (1.0 - 1.0 / num_cells)
+        span = slice(num_base + num_cells * g, num_base + num_cells * (g + 1))
+        penalty[span, span] = 0.5 * precision * np.eye(num_cells)
 
     def objective(theta):
         logits = jacobians @ theta
@@ -184,4 +207,5 @@ def fit_response(
     if theta[num_cells] < 0.0:
         theta, probs = newton(everything[everything != num_cells])
     _, hessian = derivatives(theta, probs)
-    return LogitLinearResponse(theta, unit, np.linalg.inv(hessian))
+    covariance = np.linalg.inv(hessian)[:num_base, :num_base]
+    return LogitLinearResponse(theta[:num_base], unit, covariance)

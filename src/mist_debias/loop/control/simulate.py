@@ -1,4 +1,4 @@
-"""A simulated plant for the feedback controllers: a known smooth map from edit weights to cell ratios.
+"""Simulated plants for the feedback controllers: a known smooth map from edit weights to cell ratios.
 
 The real plant is "edit the model with weights w, generate n images, classify them". Here it is
 
@@ -13,11 +13,25 @@ move other cells; the saturation c models a response that flattens for large wei
 ``increment`` proposals (the official, compounding loop) are simulated to first order: the effective
 absolute weight is the running sum of the increments. (In the real compounding edit ``‖W c_s‖`` and the
 attribute directions are recomputed from the current W, which this does not model.)
+
+:class:`SeededPlant` is the same map with the world's common random numbers: every seed s carries fixed
+Gumbel noise ``g_s`` (K values), and its image at weights w falls in the cell
+
+    cell_s(w) = argmax_j (a_j + (B φ(w))_j + g_{s,j}),
+
+which over random seeds is exactly ``softmax(a + B φ(w))`` (the Gumbel-max trick) while each seed keeps its
+own cell at nearby weights and, with two cells, flips once at its own threshold weight — the share at w is
+the distribution function of the seeds' thresholds, as measured on the world. A seed is undecodable when
+its fixed uniform ``u_s`` falls below the undecodable rate (or beyond the decodable limit), and it no
+longer shows the concept when ``max_j |w_j|`` exceeds its own loss threshold ``L_s = loss_radius · E_s^(1/4)``,
+``E_s`` a fixed Exp(1) draw: the share kept is ``exp(−(max_j |w_j| / loss_radius)⁴)``, flat for small edits
+and falling steeply as edits grow (95% of the unedited share at ``max_j |w_j| ≈ 0.48 · loss_radius``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from scipy import special
@@ -75,6 +89,121 @@ class SoftmaxPlant:
         return counts, n_invalid
 
 
+_SEED_BLOCK = 4096
+_LOSS_SHAPE = 4.0
+
+
+@dataclass(frozen=True)
+class SeededPlant:
+    """``cell_s(w) = argmax_j (offsets + gain @ φ(w) + g_s)_j`` per seed (see the module docstring).
+
+    ``noise_seed`` fixes the seeds' draws (one population of seeds per value); ``loss_radius`` None means
+    no edit loses the concept.
+    """
+
+    offsets: np.ndarray
+    gain: np.ndarray
+    saturation: float | None = None
+    invalid_rate: float = 0.0
+    decodable_limit: float | None = None
+    loss_radius: float | None = None
+    noise_seed: int = 0
+
+    @classmethod
+    def from_ratios(
+        cls,
+        initial_ratios,
+        scale: float,
+        cross: float = 0.0,
+        seed: int = 0,
+        saturation: float | None = None,
+        invalid_rate: float = 0.0,
+        decodable_limit: float | None = None,
+        loss_radius: float | None = None,
+        noise_seed: int = 0,
+    ) -> SeededPlant:
+        """Same parametrisation as :meth:`SoftmaxPlant.from_ratios`, plus the seeds' population."""
+        base = SoftmaxPlant.from_ratios(initial_ratios, scale, cross, seed, saturation, invalid_rate, decodable_limit)
+        return cls(base.offsets, base.gain, saturation, invalid_rate, decodable_limit, loss_radius, noise_seed)
+
+    def with_noise_seed(self, noise_seed: int) -> SeededPlant:
+        """The same plant over another population of seeds."""
+        return SeededPlant(
+            self.offsets,
+            self.gain,
+            self.saturation,
+            self.invalid_rate,
+            self.decodable_limit,
+            self.loss_radius,
+            noise_seed,
+        )
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.offsets)
+
+    @cached_property
+    def _blocks(self) -> dict[int, np.ndarray]:
+        return {}
+
+    def _draws(self, seeds: np.ndarray) -> np.ndarray:
+        """Per seed: K Gumbel values, a uniform (undecodable when below the rate), an Exp(1) (concept loss)."""
+        rows = np.empty((len(seeds), self.num_cells + 2))
+        for block in np.unique(seeds // _SEED_BLOCK):
+            if block not in self._blocks:
+                rng = np.random.default_rng([self.noise_seed, int(block)])
+                self._blocks[block] = np.column_stack(
+                    [
+                        rng.gumbel(size=(_SEED_BLOCK, self.num_cells)),
+                        rng.uniform(size=_SEED_BLOCK),
+                        rng.exponential(size=_SEED_BLOCK),
+                    ]
+                )
+            where = seeds // _SEED_BLOCK == block
+            rows[where] = self._blocks[block][seeds[where] % _SEED_BLOCK]
+        return rows
+
+    def logits(self, weights) -> np.ndarray:
+        w = np.asarray(weights, dtype=np.float64)
+        if self.saturation is not None:
+            w = self.saturation * np.tanh(w / self.saturation)
+        return self.offsets + self.gain @ w
+
+    def ratios(self, weights) -> np.ndarray:
+        """The true cell ratios at absolute weights ``w`` (over the whole seed population)."""
+        return special.softmax(self.logits(weights))
+
+    def kept_share(self, weights) -> float:
+        """The true share of images that still show the concept at ``w``."""
+        if self.loss_radius is None:
+            return 1.0
+        return float(np.exp(-((np.max(np.abs(weights)) / self.loss_radius) ** _LOSS_SHAPE)))
+
+    def classify(self, weights, seeds) -> tuple[np.ndarray, np.ndarray]:
+        """Per seed: its cell (−1 when undecodable) and whether it still shows the concept."""
+        seeds = np.asarray(seeds, dtype=np.int64)
+        draws = self._draws(seeds)
+        cells = np.argmax(self.logits(weights) + draws[:, : self.num_cells], axis=1)
+        invalid = draws[:, self.num_cells] < self.invalid_rate
+        if self.decodable_limit is not None and np.max(np.abs(weights)) > self.decodable_limit:
+            invalid[:] = True
+        kept = np.ones(len(seeds), dtype=bool)
+        if self.loss_radius is not None:
+            threshold = self.loss_radius * draws[:, self.num_cells + 1] ** (1.0 / _LOSS_SHAPE)
+            kept = threshold > np.max(np.abs(weights))
+        return np.where(invalid, -1, cells), kept & ~invalid
+
+    def sample_seeds(self, weights, seeds) -> tuple[np.ndarray, int, int]:
+        """(per-cell counts over the valid images, number invalid, valid images still showing the concept)."""
+        cells, kept = self.classify(weights, seeds)
+        valid = cells >= 0
+        return np.bincount(cells[valid], minlength=self.num_cells), int((~valid).sum()), int(kept.sum())
+
+
+# Simulated loops keep the loop's own seeds (proposals that name none) apart from named ones.
+_LOOP_SEED_OFFSET = 50_000_000
+
+
 @dataclass
 class SimulationResult:
     """Per concept: the effective absolute weights at the end and the images the controller drew."""
@@ -84,16 +213,22 @@ class SimulationResult:
 
 
 def simulate(
-    controller: Controller, plants: dict[str, SoftmaxPlant], seed: int = 0, max_rounds: int = 1000
+    controller: Controller,
+    plants: dict[str, SoftmaxPlant | SeededPlant],
+    seed: int = 0,
+    max_rounds: int = 1000,
 ) -> SimulationResult:
     """Drive ``controller`` against ``plants`` until it proposes nothing (or ``max_rounds``).
 
     Absolute proposals are sampled at their weights; increment proposals at the running sum of the
     increments for that concept. The final weights are what the edit would be built from: the
     controller's reported weights for ``absolute`` controllers, the accumulated increments otherwise.
+    A :class:`SeededPlant` classifies the proposal's named seeds, or (like the debias loop) fresh seeds
+    counted per concept when it names none; ``seed`` then plays no part (the plant's ``noise_seed`` does).
     """
     rng = np.random.default_rng(seed)
     accumulated = {name: np.zeros(plant.num_cells) for name, plant in plants.items()}
+    loop_seeds = dict.fromkeys(plants, _LOOP_SEED_OFFSET)
     result = SimulationResult()
     for _ in range(max_rounds):
         proposals = controller.propose()
@@ -106,8 +241,18 @@ def simulate(
                 effective = accumulated[proposal.concept]
             else:
                 effective = proposal.weights
-            counts, n_invalid = plants[proposal.concept].sample(effective, proposal.n_images, rng)
-            controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
+            plant = plants[proposal.concept]
+            if isinstance(plant, SeededPlant):
+                seeds = proposal.seeds()
+                if seeds is None:
+                    start = loop_seeds[proposal.concept]
+                    seeds = range(start, start + proposal.n_images)
+                    loop_seeds[proposal.concept] += proposal.n_images
+                counts, n_invalid, kept = plant.sample_seeds(effective, np.asarray(seeds))
+                controller.observe(proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start)
+            else:
+                counts, n_invalid = plant.sample(effective, proposal.n_images, rng)
+                controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
     for name in plants:
         status = controller.status(name)
         result.final_weights[name] = accumulated[name] if status.mode == "increment" else status.weights

@@ -16,11 +16,13 @@ class CellPredictions:
     """Per-image cell probabilities ``probs`` (n × K, rows sum to 1 where ``valid``).
 
     ``valid[i]`` is False when image i could not be classified at all (e.g. the oracle could not decode it);
-    such rows are zeros and are counted and reported, never guessed.
+    such rows are zeros and are counted and reported, never guessed. ``kept[i]``: whether image i still shows
+    the concept it was generated for (None when the classifier was not asked or cannot tell).
     """
 
     probs: np.ndarray
     valid: np.ndarray
+    kept: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:

@@ -1,0 +1,699 @@
+"""The panel controller: search on common seeds, certify on fresh seeds with few, pre-sized looks.
+
+Weights are absolute (mode ``"absolute"``) and the controller names the seeds of every batch, because on the
+world the same seed at nearby weights gives strongly paired images (each seed's cell flips at its own
+threshold weight; a difference between two weights is 3–4× less noisy on common seeds than on two
+independent batches). Seeds live in two disjoint ranges of the concept's seed space:
+
+- **the panel**, seed indices ``0, 1, …``, cut into blocks ``[0, b), [b, 2b), [2b, 4b), [4b, 8b), …``
+  (b = ``block_size`` · ⌈K/4⌉). Two weights measured on a common block are compared on the same seeds
+  (common random numbers); a block never seen before brings new seeds, i.e. new information on the level;
+- **fresh seeds** from ``FRESH_SEED_START`` on, each used once, for certificates.
+
+Each concept runs this loop:
+
+1. **Measure the unedited model** (w = 0, panel block 0), then **probe** along ``t − r̂₀`` with
+   ``max_j |w_j| = initial_step``.
+2. **Model** the ratios as ``softmax(a + s·w + E Qᵀ w)`` (:mod:`mist_debias.loop.control.response`), fitted to
+   every batch, each panel block with its own random offset (its seeds' sampling error is common to every
+   weight it was measured at): the response's shape comes from the paired differences, the population's
+   level from the distinct seeds.
+3. **Aim.** The next weight solves the model for the target, stepped from the *centre* (the searched weight
+   closest to the target, compared on common panel blocks, among weights whose images decode and keep the
+   concept) inside a trust region judged on common seeds (the ratio of the change measured to the change
+   the model predicted; steps into undecodable or concept-losing weights halve it). With two cells the aim
+   also stays inside the bracket of weights whose 99.5% interval excludes the target. The aim never goes
+   beyond the smallest edit known to lose the concept.
+4. **Look or search.** When the aim was not cut short by the trust region or the bracket, the controller
+   predicts how likely a look of n fresh images there certifies (:func:`~mist_debias.loop.control.certify.plan_look`,
+   from the prediction and the sampling error of the distinct seeds measured near it) and takes the n with
+   the fewest expected images per certificate. It looks when that chance is at least ``look_chance`` and
+   one more panel block at the aim would not make the look cheaper by more than the block costs (a
+   one-step look-ahead). Otherwise it searches: block 0 at the aim when the model can resolve the step,
+   else the next new block at the aim (the panel grows where the search has settled).
+5. **Certify** (:mod:`mist_debias.loop.control.certify`): every cell's one-sided Clopper–Pearson bounds at the
+   look's ``α_m`` inside ``[t_j − ε, t_j + ε]`` (an intersection–union equivalence test) and the concept not
+   surely lost there. A failed look may be followed by the next look at the same weight, pooling its fresh
+   images, at cumulative sizes ``n₁ · 2^k`` fixed at the first look there (a group-sequential design), when
+   that is the cheaper way to a certificate; otherwise its images join the model and the search goes on.
+
+Honesty: the m-th look of a concept spends ``α_m`` (:func:`~mist_debias.loop.control.certify.look_alpha`,
+Σ_m α_m ≤ α). Each look's interval is a fixed-n interval: its weight and its cumulative size were fixed
+before any of its images were drawn, on seeds nothing else used. By the union bound over looks,
+P(a false certificate) ≤ α per concept. Nothing else ever certifies.
+
+A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``. An
+unconverged run reports the weight with the most evidence near the target: of the weights measured (panel
+and looks pooled per weight, where images decode and keep the concept) with at least a quarter of the images
+of the best-measured one, the one whose simultaneous intervals bound ``max_j |r_j − t_j|`` most tightly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from mist_debias.loop.control.base import ConceptStatus, ConceptTarget, Controller, Observation, Proposal
+from mist_debias.loop.control.certify import (
+    CERTIFICATE_INTERVAL,
+    CERTIFICATE_METHOD,
+    certifies,
+    look_alpha,
+    look_success,
+    plan_look,
+)
+from mist_debias.loop.control.kept import surely_lost
+from mist_debias.loop.control.response import LogitLinearResponse, fit_response, zero_sum_basis
+from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wilson_interval
+
+FRESH_SEED_START = 1_000_000
+_EVIDENCE_SHARE = 0.25  # an unconverged run reports a weight with ≥ this share of the best-measured one's images
+_BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval excludes the target
+
+
+def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.max(np.abs(a - b)) <= 1e-12 * (1.0 + float(np.max(np.abs(a)))))
+
+
+@dataclass
+class _Batch:
+    counts: np.ndarray
+    n_invalid: int
+    kept: int | None
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+
+def _pool(batches: Sequence[_Batch]) -> _Batch:
+    counts = np.sum([b.counts for b in batches], axis=0)
+    kept = None if any(b.kept is None for b in batches) else sum(b.kept for b in batches)
+    return _Batch(counts, sum(b.n_invalid for b in batches), kept)
+
+
+@dataclass
+class _Point:
+    """A searched weight and the panel blocks measured there (by block index)."""
+
+    weights: np.ndarray
+    blocks: dict[int, _Batch] = field(default_factory=dict)
+
+    def pooled(self, indices=None) -> _Batch:
+        chosen = sorted(self.blocks) if indices is None else sorted(indices)
+        return _pool([self.blocks[i] for i in chosen])
+
+
+@dataclass
+class _Site:
+    """A certification weight: fresh images pooled over looks whose cumulative sizes ``first · 2^k`` were
+    fixed at its first look; ``alphas[k]`` is what its look k spent."""
+
+    weights: np.ndarray
+    first: int
+    batches: list[_Batch] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    passed: bool = False
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+
+    @property
+    def pooled(self) -> _Batch:
+        return _pool(self.batches)
+
+    def planned(self, look: int) -> int:
+        """Cumulative images at this site's look ``look`` (0-based)."""
+        return self.first * 2**look
+
+
+@dataclass
+class _State:
+    points: list[_Point] = field(default_factory=list)
+    sites: list[_Site] = field(default_factory=list)
+    radius: float | None = None
+    fresh_used: int = 0
+    looks: int = 0
+    iterations: int = 0
+    certified: int | None = None
+    last: _Batch | None = None
+    last_kind: str = ""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The next batch: weights, images, first seed index, and what it is for (or why nothing is left)."""
+
+    weights: np.ndarray
+    n_images: int
+    seed_start: int
+    kind: str
+
+
+class PanelController(Controller):
+    """Common-seed search and one-look certificates on fresh seeds (see the module docstring).
+
+    Parameters: ``alpha`` — false-certificate level per concept; ``first_look_share`` — the share of α the
+    first look spends (look m spends ``α s (1 − s)^(m−1)``); ``look_chance`` — the least predicted chance of
+    success for which a look is made; ``block_size`` — panel block 0 holds ``block_size · ⌈K/4⌉`` seeds;
+    ``max_blocks`` — panel blocks in all; ``min_look``/``max_look``/``batch_multiple`` — look sizes;
+    ``initial_step`` — the probe's largest |w_j|; ``growth`` — trust-region factor; ``max_abs_weight`` —
+    weights never exceed it; ``max_iterations`` — batches per concept; ``cross_penalty`` — ridge on the
+    model's cross-effects; ``kept_floor`` — a weight is lost when its share kept is surely below this share
+    of the unedited one.
+    """
+
+    name = "panel"
+    mode = "absolute"
+
+    def __init__(
+        self,
+        concepts: Sequence[ConceptTarget],
+        budget: int | None = None,
+        alpha: float = 0.05,
+        first_look_share: float = 0.85,
+        look_chance: float = 0.3,
+        block_size: int = 64,
+        max_blocks: int = 6,
+        min_look: int = 64,
+        max_look: int = 4096,
+        batch_multiple: int = 16,
+        initial_step: float = 0.5,
+        growth: float = 4.0,
+        max_abs_weight: float = 100.0,
+        max_iterations: int = 200,
+        cross_penalty: float = 10.0,
+        kept_floor: float = 0.95,
+    ) -> None:
+        super().__init__(concepts, budget)
+        if not 0.0 < alpha < 1.0 or not 0.0 < first_look_share <= 1.0 or not 0.0 < look_chance < 1.0:
+            raise ValueError("alpha and look_chance must lie in (0, 1), first_look_share in (0, 1]")
+        if min(block_size, max_blocks, min_look, batch_multiple, max_iterations) <= 0 or max_look < min_look:
+            raise ValueError("block, look and batch sizes and max_iterations must be positive, max_look ≥ min_look")
+        if min(initial_step, growth - 1.0, max_abs_weight) <= 0 or not 0.0 < kept_floor <= 1.0:
+            raise ValueError("initial_step and max_abs_weight must be > 0, growth > 1, kept_floor in (0, 1]")
+        self.alpha = float(alpha)
+        self.first_look_share = float(first_look_share)
+        self.look_chance = float(look_chance)
+        self.block_size = int(block_size)
+        self.max_blocks = int(max_blocks)
+        self.min_look = int(min_look)
+        self.max_look = int(max_look)
+        self.batch_multiple = int(batch_multiple)
+        self.initial_step = float(initial_step)
+        self.growth = float(growth)
+        self.max_abs_weight = float(max_abs_weight)
+        self.max_iterations = int(max_iterations)
+        self.cross_penalty = float(cross_penalty)
+        self.kept_floor = float(kept_floor)
+        self._states = {name: _State() for name in self.concepts}
+        self._plans: dict[str, tuple[int, _Plan]] = {}
+
+    def options(self) -> dict:
+        return {
+            "alpha": self.alpha,
+            "first_look_share": self.first_look_share,
+            "look_chance": self.look_chance,
+            "block_size": self.block_size,
+            "max_blocks": self.max_blocks,
+            "min_look": self.min_look,
+            "max_look": self.max_look,
+            "batch_multiple": self.batch_multiple,
+            "initial_step": self.initial_step,
+            "growth": self.growth,
+            "max_abs_weight": self.max_abs_weight,
+            "max_iterations": self.max_iterations,
+            "cross_penalty": self.cross_penalty,
+            "kept_floor": self.kept_floor,
+        }
+
+    # ------------------------------------------------------------------------------- the panel
+
+    def _block(self, concept: str, index: int) -> tuple[int, int]:
+        """(first seed index, size) of panel block ``index``: sizes b, b, 2b, 4b, …"""
+        base = self.block_size * math.ceil(self.concepts[concept].num_cells / 4)
+        if index == 0:
+            return 0, base
+        return base * 2 ** (index - 1), base * 2 ** (index - 1)
+
+    def _block_index(self, concept: str, seed_start: int, n_images: int) -> int:
+        for index in range(self.max_blocks):
+            if self._block(concept, index) == (seed_start, n_images):
+                return index
+        raise ValueError(f"concept {concept!r}: seeds {seed_start}+{n_images} are not a panel block")
+
+    @staticmethod
+    def _blocks_used(state: _State) -> int:
+        return 1 + max((i for p in state.points for i in p.blocks), default=-1)
+
+    # ------------------------------------------------------------------------------ judgements
+
+    def _unedited(self, state: _State) -> _Batch | None:
+        return state.points[0].pooled() if state.points else None
+
+    def _degraded(self, state: _State, batch: _Batch) -> bool:
+        """Images decode less than half as often as unedited ones: the edit is breaking the images."""
+        unedited = self._unedited(state)
+        total, unedited_total = batch.n + batch.n_invalid, unedited.n + unedited.n_invalid
+        if total == 0 or unedited_total == 0:
+            return False
+        return batch.n / total < 0.5 * unedited.n / unedited_total
+
+    def _lost(self, state: _State, batch: _Batch) -> bool:
+        unedited = self._unedited(state)
+        if batch.kept is None or unedited is None or unedited.kept is None:
+            return False
+        return surely_lost(batch.kept, batch.n, unedited.kept, unedited.n, self.alpha, self.kept_floor)
+
+    def _usable(self, state: _State, batch: _Batch) -> bool:
+        return batch.n > 0 and not self._degraded(state, batch) and not self._lost(state, batch)
+
+    def _deviation(self, concept: str, batch: _Batch) -> float:
+        return float(np.max(np.abs(batch.counts / max(batch.n, 1) - self.concepts[concept].target_array)))
+
+    def _deviation_bounds(self, concept: str, batch: _Batch) -> tuple[float, float]:
+        """(least, largest) ``max_j |r_j − t_j|`` allowed by simultaneous Wilson intervals at level 1 − α."""
+        t = self.concepts[concept].target_array
+        if batch.n == 0:
+            return 0.0, 1.0
+        lower, upper = simultaneous_intervals(batch.counts, self.alpha)
+        least = float(np.max(np.maximum(np.maximum(lower - t, t - upper), 0.0)))
+        return least, float(np.max(np.maximum(upper - t, t - lower)))
+
+    def _better(self, concept: str, a: _Point, b: _Point) -> bool:
+        """True when ``b`` is closer to the target than ``a`` on their common panel blocks (the same seeds),
+        or on all their images when they share none."""
+        common = set(a.blocks) & set(b.blocks)
+        if not common:
+            return self._deviation(concept, b.pooled()) < self._deviation(concept, a.pooled())
+        dev_a = self._deviation(concept, a.pooled(common))
+        dev_b = self._deviation(concept, b.pooled(common))
+        return dev_b < dev_a or (dev_b == dev_a and len(b.blocks) > len(a.blocks))
+
+    def _centre(self, concept: str) -> int:
+        state = self._states[concept]
+        usable = [i for i, p in enumerate(state.points) if self._usable(state, p.pooled())]
+        best = usable[0] if usable else 0
+        for i in usable[1:]:
+            if self._better(concept, state.points[best], state.points[i]):
+                best = i
+        return best
+
+    def _measured(self, state: _State) -> list[tuple[np.ndarray, _Batch]]:
+        """Every measured weight with all its images (panel or fresh)."""
+        return [(p.weights, p.pooled()) for p in state.points] + [(s.weights, s.pooled) for s in state.sites]
+
+    def _lost_magnitude(self, state: _State) -> float:
+        """The smallest ``max_j |w_j|`` measured where the concept is surely lost (inf if none)."""
+        lost = [float(np.max(np.abs(w))) for w, b in self._measured(state) if self._lost(state, b)]
+        return min(lost, default=math.inf)
+
+    # ------------------------------------------------------------------------------- the model
+
+    def _fit(self, concept: str) -> LogitLinearResponse | None:
+        """The response model; each panel block measured at several weights shares one offset (its seeds)."""
+        state = self._states[concept]
+        if len(state.points) + len(state.sites) < 2:
+            return None
+        weights, counts, groups = [], [], []
+        for point in state.points:
+            for index, block in point.blocks.items():
+                weights.append(point.weights)
+                counts.append(block.counts)
+                groups.append(index)
+        for site in state.sites:
+            weights.append(site.weights)
+            counts.append(site.pooled.counts)
+            groups.append(-1)
+        return fit_response(
+            np.stack(weights), np.stack(counts), cross_penalty=self.cross_penalty, groups=np.asarray(groups)
+        )
+
+    def _bracket(self, concept: str, weights: np.ndarray) -> np.ndarray:
+        """Two cells: keep the aim inside the bracket of weights whose Wilson interval (all images there, at
+        level 1 − 0.005: many weights are measured) excludes the target — below on the low side, above on the
+        high side (as the adaptive controller)."""
+        state = self._states[concept]
+        t = self.concepts[concept].target_array[0]
+        direction = zero_sum_basis(2)[:, 0]
+        low = high = None
+        for w, batch in self._measured(state):
+            if not self._usable(state, batch):
+                continue
+            lower, upper = wilson_interval(batch.counts[0], batch.n, _BRACKET_ALPHA)
+            x = float(w @ direction)
+            if upper < t:
+                low = x if low is None else max(low, x)
+            elif lower > t:
+                high = x if high is None else min(high, x)
+        x = float(weights @ direction)
+        if low is not None and high is not None and not low < x < high:
+            x = 0.5 * (low + high) if low < high else x
+        elif low is not None and high is None and x <= low:
+            x = 2.0 * low - x
+        elif high is not None and low is None and x >= high:
+            x = 2.0 * high - x
+        return x * direction
+
+    def _aim(self, concept: str, model: LogitLinearResponse) -> tuple[np.ndarray, bool, bool]:
+        """(aimed weights, limited by the trust region or bracket, limited by the concept-lost edge)."""
+        spec = self.concepts[concept]
+        state = self._states[concept]
+        centre = state.points[self._centre(concept)]
+        step = model.solve(spec.target_array) - centre.weights
+        limited = state.radius is not None and float(np.linalg.norm(step)) > state.radius
+        if limited:
+            step *= state.radius / np.linalg.norm(step)
+        weights = centre.weights + step
+        if np.max(np.abs(weights)) > self.max_abs_weight:
+            weights *= self.max_abs_weight / np.max(np.abs(weights))
+            limited = True
+        if spec.num_cells == 2:
+            bracketed = self._bracket(concept, weights)
+            if not _same_weights(bracketed, weights):
+                weights, limited = bracketed, True
+        edge = self._lost_magnitude(state)
+        lost_limited = bool(np.max(np.abs(weights)) >= edge)
+        if lost_limited:
+            weights = weights * (0.9 * edge / np.max(np.abs(weights)))
+        return weights, limited, lost_limited
+
+    def _spread(self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0) -> np.ndarray:
+        """How far the true ratios at the aim may lie from ``predicted`` (sizes looks only; a certificate never
+        depends on it): the sampling error of the distinct seeds measured near the aim (panel seeds counted once,
+        at weights predicted within 2ε of the aim), plus a quarter of the model's extrapolation from the nearest
+        such weight. ``extra``: as if that many more seeds had been measured at the aim."""
+        state = self._states[concept]
+        eps = self.concepts[concept].tolerance
+        seeds: set[int] = set()
+        fresh, distance = 0, math.inf
+        for point in state.points:
+            gap = float(np.max(np.abs(model.ratios(point.weights) - predicted)))
+            if gap <= 2.0 * eps and self._usable(state, point.pooled()):
+                seeds.update(point.blocks)
+                distance = min(distance, gap)
+        for site in state.sites:
+            gap = float(np.max(np.abs(model.ratios(site.weights) - predicted)))
+            if gap <= 2.0 * eps and self._usable(state, site.pooled):
+                fresh += site.pooled.n
+                distance = min(distance, gap)
+        near = fresh + extra + sum(self._block(concept, index)[1] for index in seeds)
+        if extra:
+            distance = 0.0
+        if near == 0:
+            return np.full(len(predicted), 0.5)
+        variance = np.maximum(predicted * (1.0 - predicted), 1e-4)
+        return np.sqrt(variance / near + (0.25 * distance) ** 2)
+
+    def _alpha(self, state: _State) -> float:
+        """α of the concept's next look."""
+        return look_alpha(self.alpha, self.first_look_share, state.looks + 1)
+
+    # ------------------------------------------------------------------------------- planning
+
+    def _plan(self, concept: str) -> _Plan:
+        version = len(self.observations)
+        cached = self._plans.get(concept)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        plan = self._make_plan(concept)
+        self._plans[concept] = (version, plan)
+        return plan
+
+    def _look(self, concept: str, weights: np.ndarray, n_images: int) -> _Plan:
+        return _Plan(weights, n_images, FRESH_SEED_START + self._states[concept].fresh_used, "look")
+
+    def _continue_site(self, concept: str) -> tuple[float, _Plan | None, float]:
+        """Expected images per certificate when the open site takes its next planned look, that look, and its
+        chance of success (inf, None, 0 when there is no open site).
+
+        The site's pooled fresh ratios ``r̂`` (n images) are unbiased; after ``Δ`` more the pooled estimate is
+        ``N(r̂, (Δ/(n + Δ))² v (1/n + 1/Δ))`` and the look passes when it lies ``z √(v / (n + Δ))`` inside.
+        """
+        spec = self.concepts[concept]
+        state = self._states[concept]
+        if not state.sites or state.sites[-1].passed or state.last_kind != "look":
+            return math.inf, None, 0.0
+        site = state.sites[-1]
+        pooled = site.pooled
+        n = pooled.n + pooled.n_invalid
+        extra = site.planned(len(site.batches)) - n
+        left = self.budget_left
+        if pooled.n == 0 or extra <= 0 or (left is not None and extra > left) or self._lost(state, pooled):
+            return math.inf, None, 0.0
+        ratios = pooled.counts / pooled.n
+        valid = pooled.n / n
+        variance = np.maximum(ratios * (1.0 - ratios), 1e-4)
+        shrink = extra / (n + extra)
+        spread = shrink * np.sqrt(variance * (1.0 / pooled.n + 1.0 / (valid * extra)))
+        chance = look_success(
+            [pooled.n + valid * extra], ratios, spread, spec.target_array, spec.tolerance, self._alpha(state)
+        )[0]
+        if chance <= 0:
+            return math.inf, None, 0.0
+        return extra / chance, self._look(concept, site.weights, extra), float(chance)
+
+    def _search(self, concept: str, weights: np.ndarray, block: int) -> _Plan:
+        """Measure panel ``block`` at ``weights`` (a new block instead, if that one was measured there)."""
+        state = self._states[concept]
+        point = next((p for p in state.points if _same_weights(p.weights, weights)), None)
+        if point is not None and block in point.blocks:
+            block = self._blocks_used(state)
+        if block >= self.max_blocks:
+            return _Plan(weights, 0, 0, "stuck")
+        start, size = self._block(concept, block)
+        return _Plan(weights, size, start, "search")
+
+    def _make_plan(self, concept: str) -> _Plan:
+        spec = self.concepts[concept]
+        state = self._states[concept]
+        t, eps = spec.target_array, spec.tolerance
+        if not state.points:
+            return self._search(concept, np.zeros(spec.num_cells), 0)
+        model = self._fit(concept)
+        if model is None:
+            unedited = state.points[0].pooled()
+            direction = t - unedited.counts / max(unedited.n, 1)
+            if np.max(np.abs(direction)) < 1e-12:
+                direction = zero_sum_basis(spec.num_cells)[:, 0]
+            return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), 0)
+
+        weights, limited, lost_limited = self._aim(concept, model)
+        predicted = model.ratios(weights)
+        spread = self._spread(concept, model, predicted)
+        usable = [w for w, b in self._measured(state) if self._usable(state, b)] or [state.points[0].weights]
+        distance = min(float(np.max(np.abs(predicted - model.ratios(w)))) for w in usable)
+        left = self.budget_left
+        continue_cost, continue_plan, extra_chance = self._continue_site(concept)
+        look_plan = None
+        if not limited:
+            sizes = np.arange(self.min_look, self.max_look + 1, self.batch_multiple)
+            if left is not None:
+                sizes = sizes[sizes <= left]
+            if len(sizes):
+                alpha = self._alpha(state)
+                n_images, chance = plan_look(predicted, spread, t, eps, alpha, sizes)
+                cost = n_images / chance if chance > 0 else math.inf
+                if continue_plan is not None and continue_cost <= cost:
+                    return continue_plan
+                # One step ahead: would the next panel block at the aim make the look cheaper by more than it costs?
+                block = self._block(concept, min(self._blocks_used(state), self.max_blocks - 1))[1]
+                sharper = self._spread(concept, model, predicted, extra=block)
+                later_n, later_chance = plan_look(predicted, sharper, t, eps, alpha, sizes)
+                later = block + (later_n / later_chance if later_chance > 0 else math.inf)
+                if chance >= self.look_chance and cost <= later:
+                    return self._look(concept, weights, n_images)
+                if chance > 0:
+                    look_plan = self._look(concept, weights, n_images)
+        if continue_plan is not None and extra_chance >= self.look_chance:
+            return continue_plan
+        if look_plan is None:  # limited: a look here only if the panel is spent
+            sizes = np.arange(self.min_look, self.max_look + 1, self.batch_multiple)
+            sizes = sizes if left is None else sizes[sizes <= left]
+            if len(sizes):
+                n_images, chance = plan_look(predicted, spread, t, eps, self._alpha(state), sizes)
+                look_plan = self._look(concept, weights, n_images) if chance > 0 else None
+        centre = state.points[self._centre(concept)]
+        if lost_limited and self._deviation_bounds(concept, centre.pooled())[0] > eps:
+            return _Plan(weights, 0, 0, "concept_lost")
+        # Closer than the panel can resolve: new seeds (the next panel block) at the aim, not the same ones.
+        resolved = limited or distance > float(np.max(spread))
+        plan = self._search(concept, weights, 0 if resolved else self._blocks_used(state))
+        if plan.kind == "stuck" and look_plan is not None:
+            return look_plan  # the panel is spent: the look is the best search left
+        if plan.kind == "stuck" and lost_limited:
+            return _Plan(weights, 0, 0, "concept_lost")
+        if left is not None and plan.n_images > left:
+            return _Plan(weights, 0, 0, "budget")
+        return plan
+
+    # ------------------------------------------------------------------------------ the contract
+
+    def _record(self, obs: Observation) -> None:
+        spec = self.concepts[obs.concept]
+        state = self._states[obs.concept]
+        plan = self._plan(obs.concept)
+        seed_start = plan.seed_start if obs.seed_start is None else obs.seed_start
+        weights = np.asarray(obs.weights, dtype=np.float64)
+        batch = _Batch(np.asarray(obs.counts, dtype=np.int64), obs.n_invalid, obs.kept)
+        if seed_start >= FRESH_SEED_START:
+            if seed_start != FRESH_SEED_START + state.fresh_used:
+                raise ValueError(f"concept {obs.concept!r}: fresh seeds must start at the first unused one")
+            site = state.sites[-1] if state.sites else None
+            reopen = (
+                site is not None
+                and state.last_kind == "look"
+                and not site.passed
+                and _same_weights(site.weights, weights)
+                and site.pooled.n + site.pooled.n_invalid + obs.n_images == site.planned(len(site.batches))
+            )
+            if not reopen:
+                site = _Site(weights.copy(), obs.n_images)
+                state.sites.append(site)
+            alpha = self._alpha(state)
+            site.batches.append(batch)
+            site.alphas.append(alpha)
+            state.looks += 1
+            pooled = site.pooled
+            passed, site.lower, site.upper = certifies(pooled.counts, spec.target_array, spec.tolerance, alpha)
+            site.passed = passed and not self._lost(state, pooled)
+            state.fresh_used += obs.n_images
+            if site.passed:
+                state.certified = len(state.sites) - 1
+            state.last_kind = "look"
+        else:
+            index = self._block_index(obs.concept, seed_start, obs.n_images)
+            found = next((i for i, p in enumerate(state.points) if _same_weights(p.weights, weights)), None)
+            if found is not None and index in state.points[found].blocks:
+                raise ValueError(f"concept {obs.concept!r}: panel block {index} was already measured here")
+            centre = state.points[self._centre(obs.concept)] if found is None and state.points else None
+            model = self._fit(obs.concept) if centre is not None else None
+            if found is None:
+                state.points.append(_Point(weights.copy()))
+                found = len(state.points) - 1
+            state.points[found].blocks[index] = batch
+            if centre is not None:
+                self._update_radius(obs.concept, centre, state.points[found], model)
+            state.last_kind = "search"
+        state.iterations += 1
+        state.last = batch
+
+    def _update_radius(self, concept: str, centre: _Point, point: _Point, model: LogitLinearResponse | None) -> None:
+        """Trust-region update after the first batch at a new weight stepped from ``centre``.
+
+        The step is judged by the change it made on common seeds against the change the model predicted
+        (the trust-region ratio ``ρ = ⟨Δ_measured, Δ_predicted⟩ / ‖Δ_predicted‖²``): a difference on common
+        seeds is precise even where the panel's own level is not. A step that moved the ratios less than a
+        quarter of the prediction or more than four times it, or reached weights where images stop decoding
+        or the concept is lost, halves the radius; one that reached the region's edge and did what the model
+        said multiplies it by ``growth``. Changes smaller than two images of the common panel decide nothing.
+        """
+        state = self._states[concept]
+        length = float(np.linalg.norm(point.weights - centre.weights))
+        if state.radius is None or model is None:
+            state.radius = self.growth * length
+            return
+        if not self._usable(state, point.pooled()):
+            state.radius = 0.5 * length
+            return
+        common = set(point.blocks) & set(centre.blocks)
+        if not common:
+            return
+        before, after = centre.pooled(common), point.pooled(common)
+        measured = after.counts / max(after.n, 1) - before.counts / max(before.n, 1)
+        predicted = model.ratios(point.weights) - model.ratios(centre.weights)
+        size = float(predicted @ predicted)
+        if np.sqrt(size) < 2.0 / max(min(before.n, after.n), 1):
+            return
+        ratio = float(measured @ predicted) / size
+        if not 0.25 <= ratio <= 4.0:
+            state.radius = 0.5 * length
+        elif length >= state.radius * (1.0 - 1e-9):
+            state.radius *= self.growth
+
+    def _fit_to_budget(self, wanted: int, left: int) -> int:
+        return wanted if wanted <= left else 0
+
+    def _reason(self, concept: str) -> str:
+        state = self._states[concept]
+        if state.certified is not None:
+            return "converged"
+        if state.iterations >= self.max_iterations:
+            return "max_iterations"
+        left = self.budget_left
+        if left is not None and left < self.batch_multiple:
+            return "budget"
+        kind = self._plan(concept).kind
+        return kind if kind in ("budget", "stuck", "concept_lost") else "running"
+
+    def _wanted(self, concept: str) -> Proposal | None:
+        if self._reason(concept) != "running":
+            return None
+        plan = self._plan(concept)
+        return Proposal(concept, plan.weights.copy(), self.mode, plan.n_images, plan.seed_start)
+
+    def _best(self, concept: str) -> tuple[np.ndarray, _Batch] | None:
+        """The reported weight: the certified site, else, among measured weights (panel and fresh images pooled)
+        with at least a quarter of the images of the best-measured one, the one whose simultaneous intervals
+        bound the deviation from the target most tightly (never a lucky small batch)."""
+        state = self._states[concept]
+        if state.certified is not None:
+            site = state.sites[state.certified]
+            return site.weights, site.pooled
+        groups: list[tuple[np.ndarray, list[_Batch]]] = []
+        for weights, batch in self._measured(state):
+            group = next((g for g in groups if _same_weights(g[0], weights)), None)
+            if group is None:
+                groups.append((weights, [batch]))
+            else:
+                group[1].append(batch)
+        pooled = [(weights, _pool(batches)) for weights, batches in groups]
+        usable = [(w, b) for w, b in pooled if self._usable(state, b)] or pooled
+        if not usable:
+            return None
+        # Evidence first: only weights with at least a quarter of the most images any weight has.
+        most = max(b.n for _, b in usable)
+        supported = [(w, b) for w, b in usable if b.n >= _EVIDENCE_SHARE * most]
+        return min(supported, key=lambda item: self._deviation_bounds(concept, item[1])[1])
+
+    def status(self, concept: str) -> ConceptStatus:
+        spec = self.concepts[concept]
+        state = self._states[concept]
+        reason = self._reason(concept)
+        best = self._best(concept)
+        last = pooled = None
+        if state.last is not None:
+            last = Distribution.from_counts(state.last.counts, spec.target, state.last.n_invalid)
+        site = None if state.certified is None else state.sites[state.certified]
+        if best is not None:
+            pooled = Distribution.from_counts(best[1].counts, spec.target, best[1].n_invalid)
+        if site is not None:
+            # What the run reports is the certificate itself: the same images, the intervals that decided it.
+            pooled = replace(
+                pooled,
+                lower=tuple(float(x) for x in site.lower),
+                upper=tuple(float(x) for x in site.upper),
+                alpha=2.0 * site.alphas[-1],
+                method=CERTIFICATE_INTERVAL,
+            )
+        unedited = self._unedited(state)
+        return ConceptStatus(
+            concept=concept,
+            finished=reason != "running",
+            converged=site is not None,
+            reason=reason,
+            mode=self.mode,
+            iterations=state.iterations,
+            images_used=self.concept_images(concept),
+            weights=np.zeros(spec.num_cells) if best is None else best[0].copy(),
+            last=last,
+            pooled=pooled,
+            certificate_lower=None if site is None else tuple(float(x) for x in site.lower),
+            certificate_upper=None if site is None else tuple(float(x) for x in site.upper),
+            certificate_alpha=None if site is None else site.alphas[-1],
+            certificate_method=None if site is None else CERTIFICATE_METHOD,
+            kept=None if best is None or best[1].kept is None else (best[1].kept, best[1].n),
+            kept_unedited=None if unedited is None or unedited.kept is None else (unedited.kept, unedited.n),
+        )

@@ -1,0 +1,187 @@
+import json
+
+import numpy as np
+import pytest
+
+from mist_debias.loop.control import ConceptTarget, Observation, PanelController, controller_from_dict
+from mist_debias.loop.control.certify import CERTIFICATE_METHOD, equivalence_bounds
+from mist_debias.loop.control.kept import surely_lost
+from mist_debias.loop.control.panel import FRESH_SEED_START
+from mist_debias.loop.control.simulate import SeededPlant, simulate
+
+HALF = (0.5, 0.5)
+START = np.array([0.85, 0.15])
+
+
+def _plant(scale, **kwargs):
+    return SeededPlant.from_ratios(START, scale, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 150.0])
+def test_certifies_on_fresh_seeds_where_a_fixed_step_is_too_weak_fine_or_too_strong(scale):
+    plant = _plant(scale, noise_seed=1)
+    controller = PanelController([ConceptTarget("c", HALF)])
+    result = simulate(controller, {"c": plant})
+    status = controller.status("c")
+    assert status.converged and status.reason == "converged" and status.mode == "absolute"
+    assert np.max(np.abs(plant.ratios(result.final_weights["c"]) - 0.5)) < 0.05
+    assert status.certificate_method == CERTIFICATE_METHOD
+    # The certificate is the one-sided Clopper–Pearson bounds of the certifying images alone, inside ±ε.
+    lower, upper = equivalence_bounds(status.pooled.counts, status.certificate_alpha)
+    np.testing.assert_allclose(status.certificate_lower, lower)
+    np.testing.assert_allclose(status.certificate_upper, upper)
+    assert min(status.certificate_lower) >= 0.45 and max(status.certificate_upper) <= 0.55
+    assert status.certificate_alpha <= 0.05
+    # the reported distribution is the certifying images with the certificate's intervals, labelled
+    assert status.pooled.method == "clopper-pearson-tost" and status.pooled.alpha == 2 * status.certificate_alpha
+    assert status.pooled.lower == status.certificate_lower and status.pooled.upper == status.certificate_upper
+
+
+def test_names_panel_seeds_for_search_and_never_reuses_a_fresh_seed():
+    controller = PanelController([ConceptTarget("c", HALF)])
+    simulate(controller, {"c": _plant(3.0, noise_seed=2)})
+    fresh, panel = [], {}
+    for obs in controller.observations:
+        assert obs.seed_start is not None
+        span = range(obs.seed_start, obs.seed_start + obs.n_images)
+        if obs.seed_start >= FRESH_SEED_START:
+            fresh.append(span)
+        else:
+            panel.setdefault(obs.seed_start, []).append(obs.weights)
+            assert span.stop <= FRESH_SEED_START
+    used = [s for span in fresh for s in span]
+    assert fresh and len(used) == len(set(used))  # every certifying image on a seed used once
+    assert len(panel[0]) >= 2  # panel block 0 measured at several weights: common seeds
+
+
+def test_certified_runs_are_truly_within_tolerance():
+    """Over replicates (new seed populations) of three plants: every certified run's true ratios at the
+    certified weights lie within the tolerance (α = 0.05 allows ≤ 5%)."""
+    certified = within = 0
+    for scale in (0.3, 3.0, 150.0):
+        for replicate in range(8):
+            plant = _plant(scale, noise_seed=100 + replicate)
+            controller = PanelController([ConceptTarget("c", HALF)])
+            result = simulate(controller, {"c": plant})
+            if controller.status("c").converged:
+                certified += 1
+                within += np.max(np.abs(plant.ratios(result.final_weights["c"]) - 0.5)) < 0.05
+    assert certified >= 22
+    assert within >= certified - 1
+
+
+def test_never_certifies_a_ratio_just_outside_the_tolerance():
+    plant = SeededPlant.from_ratios([0.555, 0.445], 0.0)
+    false_certificates = 0
+    for replicate in range(20):
+        controller = PanelController([ConceptTarget("stuck", HALF)], budget=2000)
+        simulate(controller, {"stuck": plant.with_noise_seed(replicate)})
+        status = controller.status("stuck")
+        assert status.images_used <= 2000 and status.finished
+        false_certificates += status.converged
+    assert false_certificates <= 2
+
+
+@pytest.mark.parametrize(("target", "initial", "seed"), [((0.3, 0.7), START, 0), ((0.4, 0.3, 0.2, 0.1), None, 5)])
+def test_reaches_non_uniform_targets(target, initial, seed):
+    if initial is None:
+        plant = SeededPlant.from_ratios([0.08, 0.14, 0.33, 0.45], 8.0, cross=0.3, seed=seed, noise_seed=3)
+    else:
+        plant = SeededPlant.from_ratios(initial, 3.0, noise_seed=3)
+    controller = PanelController([ConceptTarget("c", target)], budget=10000)
+    result = simulate(controller, {"c": plant})
+    assert controller.status("c").converged
+    assert np.max(np.abs(plant.ratios(result.final_weights["c"]) - np.array(target))) < 0.05
+
+
+def test_twelve_steep_cells_with_undecodable_images():
+    ratios = np.array([0.22, 0.16, 0.12, 0.09, 0.08, 0.07, 0.06, 0.06, 0.05, 0.04, 0.03, 0.02])
+    plant = SeededPlant.from_ratios(ratios, 8.0, cross=0.3, seed=6, invalid_rate=0.05, decodable_limit=5.0)
+    controller = PanelController([ConceptTarget("CEO", tuple(np.full(12, 1 / 12)))], budget=6000)
+    result = simulate(controller, {"CEO": plant.with_noise_seed(1)})
+    assert controller.status("CEO").converged
+    assert np.max(np.abs(plant.ratios(result.final_weights["CEO"]) - 1 / 12)) < 0.05
+
+
+def test_a_target_that_needs_the_concept_lost_ends_saying_so():
+    """Reaching 50/50 needs |w| ≈ 2.9, where most images no longer show the concept (kept 95% of the
+    unedited share only up to |w| ≈ 1.4): no certificate, reason ``concept_lost``, and the reported
+    weight keeps the concept."""
+    plant = SeededPlant.from_ratios([0.95, 0.05], 0.5, loss_radius=3.0, noise_seed=4)
+    controller = PanelController([ConceptTarget("c", HALF)], budget=6000)
+    simulate(controller, {"c": plant})
+    status = controller.status("c")
+    assert not status.converged and status.reason == "concept_lost"
+    kept, valid = status.kept
+    assert not surely_lost(kept, valid, *status.kept_unedited, 0.05)
+    assert plant.kept_share(status.weights) >= 0.8
+    # once a weight is surely lost, no later proposal reaches that far again
+    unedited = controller.observations[0]
+    edge = np.inf
+    for obs in controller.observations[1:]:
+        assert np.max(np.abs(obs.weights)) < edge
+        if surely_lost(obs.kept, sum(obs.counts), unedited.kept, sum(unedited.counts), 0.05):
+            edge = min(edge, np.max(np.abs(obs.weights)))
+    assert edge < np.inf
+
+
+def test_an_unconverged_run_reports_its_best_supported_weight_pooled():
+    plant = _plant(3.0, noise_seed=5)
+    controller = PanelController([ConceptTarget("c", HALF)], budget=700)
+    simulate(controller, {"c": plant})
+    status = controller.status("c")
+    assert status.reason == "budget" and not status.converged
+    batches = [obs for obs in controller.observations if np.allclose(obs.weights, status.weights)]
+    assert status.pooled.n == sum(sum(obs.counts) for obs in batches)
+    assert status.pooled.n > max(sum(obs.counts) for obs in batches) or len(batches) == 1
+    assert np.max(np.abs(plant.ratios(status.weights) - 0.5)) < 0.1
+
+
+def test_replay_from_the_log_proposes_the_same_and_reports_the_same():
+    concepts = [ConceptTarget("doctor", HALF), ConceptTarget("CEO", (0.25,) * 4)]
+    plants = {
+        "doctor": _plant(3.0, noise_seed=6, loss_radius=20.0),
+        "CEO": SeededPlant.from_ratios([0.45, 0.33, 0.14, 0.08], 8.0, cross=0.3, seed=5, loss_radius=10.0),
+    }
+    original = PanelController(concepts, budget=20000)
+    for _ in range(9):
+        proposals = original.propose()
+        assert [p.seed_start for p in proposals] == [p.seed_start for p in original.propose()]  # pure
+        for p in proposals:
+            counts, n_invalid, kept = plants[p.concept].sample_seeds(p.weights, np.asarray(p.seeds()))
+            original.observe(p.concept, p.weights, counts, n_invalid, kept, p.seed_start)
+    config = json.loads(json.dumps(original.to_dict()))
+    log = [Observation.from_dict(json.loads(json.dumps(obs.to_dict()))) for obs in original.observations]
+    assert all(obs.kept is not None and obs.seed_start is not None for obs in log)
+    restored = controller_from_dict(config)
+    for obs in log:
+        restored.observe(obs.concept, obs.weights, obs.counts, obs.n_invalid, obs.kept, obs.seed_start)
+    for a, b in zip(restored.propose(), original.propose(), strict=True):
+        assert a.weights.tolist() == b.weights.tolist() and (a.n_images, a.seed_start) == (b.n_images, b.seed_start)
+    for name in plants:
+        assert restored.status(name).to_dict() == original.status(name).to_dict()
+    replayed = PanelController.replay(config, [o.to_dict() for o in original.observations])
+    assert [p.seed_start for p in replayed.propose()] == [p.seed_start for p in original.propose()]
+
+
+def test_rejects_seeds_it_did_not_name():
+    controller = PanelController([ConceptTarget("c", HALF)])
+    with pytest.raises(ValueError, match="panel block"):
+        controller.observe("c", [0.0, 0.0], [30, 30], 4, seed_start=5)
+    controller.observe("c", [0.0, 0.0], [60, 4], seed_start=0)
+    with pytest.raises(ValueError, match="already measured"):
+        controller.observe("c", [0.0, 0.0], [60, 4], seed_start=0)
+    with pytest.raises(ValueError, match="fresh seeds"):
+        controller.observe("c", [0.1, -0.1], [30, 34], seed_start=FRESH_SEED_START + 7)
+
+
+def test_an_unconverged_run_never_reports_a_lucky_small_batch():
+    controller = PanelController([ConceptTarget("c", HALF)], max_iterations=6)
+    controller.observe("c", [0.0, 0.0], [60, 4], seed_start=0)
+    for start, counts in ((0, [38, 26]), (64, [38, 26]), (128, [76, 52]), (256, [151, 105])):
+        controller.observe("c", [-0.5, 0.5], counts, seed_start=start)  # 0.59 on 512 seeds in all
+    controller.observe("c", [-0.9, 0.9], [32, 32], seed_start=0)  # exactly 0.5, but on 64 images only
+    status = controller.status("c")
+    assert status.finished and not status.converged
+    np.testing.assert_array_equal(status.weights, [-0.5, 0.5])
+    assert status.pooled.counts == (303, 209)
