@@ -287,3 +287,30 @@ def test_world_run_reports_the_axes_it_did_not_edit(tmp_path, capsys):
         assert sum(s["after"] for s in shifts if s["axis"] == axis) == pytest.approx(1.0)
     assert all(s["lower"] <= s["shift"] <= s["upper"] and 0 < s["pairs"] <= 16 for s in shifts)
     assert "axes not edited" in stdout
+    assert doctor["kept"]["before"]["n"] > 0 and 0 <= doctor["kept"]["after_fresh_seeds"]["share"] <= 1
+
+
+def interval_text(distribution, index):
+    return (
+        f"{distribution['ratios'][index]:.3f} [{distribution['lower'][index]:.3f}, {distribution['upper'][index]:.3f}]"
+    )
+
+
+def test_the_printed_table_shows_what_summary_json_holds(tmp_path, capsys):
+    """Every interval in the printed table — before, the one that decided, fresh seeds, the concept kept — is the
+    one in summary.json, and the Δ row names the kind of the deciding interval."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["debias", "world", "--concept", "doctor", "--axis", "gender=man,woman", "--budget", "64",
+              "--validate", "16", "--out", str(out)])  # fmt: skip
+        raise SystemExit(0)
+    stdout, err = capsys.readouterr()
+    assert (info.value.code or 0) == 0, err
+    doctor = json.loads((out / "summary.json").read_text())["concepts"][0]
+    rows = {line.split("│")[2].strip(): line for line in stdout.splitlines() if line.count("│") >= 6}
+    for index, cell in enumerate(doctor["cells"]):
+        for key in ("before", "after", "after_fresh_seeds"):
+            assert interval_text(doctor[key], index) in rows[cell]
+    assert f"Δ {doctor['after']['deviation']:.3f}  n={doctor['after']['n']}  {doctor['after']['method']}" in stdout
+    kept = doctor["kept"]["before"]
+    assert f"{kept['share']:.3f} [{kept['lower']:.3f}, {kept['upper']:.3f}]" in rows["concept kept"]

@@ -83,7 +83,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """Before/after per concept and cell: ratios with 95% simultaneous intervals, and Δ."""
     graded_by = {c.get("graded_by") for c in summary["concepts"]} - {None}
     fresh_title = "after (fresh seeds)" + (" graded by the grade classifier" if graded_by == {"grader"} else "")
-    table = Table(title="mist debias: before → after (95% simultaneous intervals)")
+    title = "mist debias: before → after (95% intervals; 'after' shows the one that decided, named in its Δ row)"
+    table = Table(title=title)
     for column in ("concept", "cell", "target", "before", "after", fresh_title):
         table.add_column(column)
 
@@ -96,7 +97,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
         )
 
     def delta(distribution) -> str:
-        return "–" if distribution is None else f"Δ {distribution['deviation']:.3f}  n={sum(distribution['counts'])}"
+        if distribution is None:
+            return "–"
+        return f"Δ {distribution['deviation']:.3f}  n={sum(distribution['counts'])}  {distribution['method']}"
+
+    def kept_text(share) -> str:
+        return "–" if share is None else f"{share['share']:.3f} [{share['lower']:.3f}, {share['upper']:.3f}]"
 
     for concept in summary["concepts"]:
         fresh = concept.get("after_fresh_seeds")
@@ -108,6 +114,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
                 cell_text(concept["before"], index),
                 cell_text(concept["after"], index),
                 cell_text(fresh, index),
+            )
+        kept = concept.get("kept") or {}
+        if kept:
+            table.add_row(
+                "", "concept kept", "", kept_text(kept.get("before")), "", kept_text(kept.get("after_fresh_seeds"))
             )
         state = "converged (certified)" if concept["converged"] else concept["reason"]
         table.add_row(

@@ -18,7 +18,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,8 @@ from mist_debias.core.spec import AttributeSpec, Axis
 from mist_debias.core.targets import ConceptPrompts, EditProblem
 from mist_debias.loop.control import CONTROLLERS, ConceptStatus, ConceptTarget, Controller, Proposal
 from mist_debias.loop.other_axes import axis_shifts, unedited_axes
-from mist_debias.measure.classifiers.base import CellClassifier
-from mist_debias.measure.metrics import Distribution
+from mist_debias.measure.classifiers.base import CellClassifier, classify_concept
+from mist_debias.measure.metrics import Distribution, wilson_interval
 
 SEEDS_PER_CONCEPT = 10_000_000
 VALIDATION_SEED_OFFSET = 5_000_000
@@ -114,6 +113,18 @@ def build_controller(name: str, concepts: Sequence[DebiasConcept], tolerance: fl
         raise MistError(f"controller {name!r}: {error}") from None
 
 
+def kept_share(kept: int, n: int, alpha: float = 0.05) -> dict[str, float | int]:
+    """The share of ``n`` classified images that still show the concept, with its Wilson interval."""
+    lower, upper = wilson_interval(kept, n, alpha)
+    return {
+        "kept": kept,
+        "n": n,
+        "share": kept / n if n else float("nan"),
+        "lower": float(lower),
+        "upper": float(upper),
+    }
+
+
 @dataclass
 class Validation:
     """The final edit measured on fresh seeds: per concept its distribution, and how the edit moved the axes the
@@ -122,6 +133,7 @@ class Validation:
 
     distributions: dict[str, Distribution] = field(default_factory=dict)
     other_axes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    kept: dict[str, tuple[int, int]] = field(default_factory=dict)
     graded_by: str = "driver"
 
 
@@ -248,13 +260,8 @@ class DebiasRun:
         classifier does not tell)."""
         prompt = self.concepts[concept].prompts.prompt
         images = generate_images(self.pipe, [prompt] * len(seeds), seeds, self.generation)
-        spec = self.concepts[concept].spec
-        if "concept" in inspect.signature(self.classifier.classify).parameters:
-            predictions = self.classifier.classify(images, spec, concept=concept)
-        else:
-            predictions = self.classifier.classify(images, spec)
-        kept = predictions.kept
-        n_kept = None if kept is None else int(np.sum(kept & predictions.valid))
+        predictions = classify_concept(self.classifier, images, self.concepts[concept].spec, concept)
+        n_kept = predictions.kept_count()
         return predictions.counts(), int((~predictions.valid).sum()), n_kept
 
     def run(self, on_round: Callable[[DebiasRun], None] | None = None) -> None:
@@ -347,10 +354,12 @@ class DebiasRun:
             seeds = self._seeds(name, n, offset=VALIDATION_SEED_OFFSET)
             with (edit or self.final_edit()).applied(self.pipe):
                 edited = generate_images(self.pipe, prompts, seeds, self.generation)
-            predictions = grader.classify(edited, spec)
+            predictions = classify_concept(grader, edited, spec, name)
             validation.distributions[name] = Distribution.from_counts(
                 predictions.counts(), spec.target, n_invalid=int((~predictions.valid).sum())
             )
+            if predictions.kept is not None:
+                validation.kept[name] = (predictions.kept_count(), int(predictions.valid.sum()))
             others = unedited_axes(spec, self.observable_axes)
             if others:
                 original = generate_images(self.pipe, prompts, seeds, self.generation)
@@ -385,6 +394,13 @@ class DebiasRun:
                 record["graded_by"] = validation.graded_by
             if validation is not None and name in validation.other_axes:
                 record["other_axes"] = validation.other_axes[name]
+            kept = {}
+            if first is not None and not any(first["weights"]) and first.get("kept") is not None:
+                kept["before"] = kept_share(first["kept"], first["n_images"] - first["n_invalid"])
+            if validation is not None and name in validation.kept:
+                kept["after_fresh_seeds"] = kept_share(*validation.kept[name])
+            if kept:
+                record["kept"] = kept
             if spec.axes:
                 record["axes"] = [{"name": axis.name, "values": list(axis.values)} for axis in spec.axes]
             concepts.append(record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -35,9 +36,23 @@ class CellPredictions:
         num_cells = self.probs.shape[1]
         return np.bincount(self.labels[self.valid], minlength=num_cells)
 
+    def kept_count(self) -> int | None:
+        """Valid images that still show the concept (None when the classifier did not tell)."""
+        return None if self.kept is None else int(np.sum(self.kept & self.valid))
+
 
 @runtime_checkable
 class CellClassifier(Protocol):
     """Anything that assigns images to the cells of an :class:`AttributeSpec`."""
 
     def classify(self, images: list[Image.Image], spec: AttributeSpec) -> CellPredictions: ...
+
+
+def classify_concept(
+    classifier: CellClassifier, images: list[Image.Image], spec: AttributeSpec, concept: str
+) -> CellPredictions:
+    """``classifier.classify``, also asking whether each image still shows ``concept`` where the classifier can
+    tell (its ``classify`` takes a ``concept`` keyword, as the world's oracle does); otherwise ``kept`` is None."""
+    if "concept" in inspect.signature(classifier.classify).parameters:
+        return classifier.classify(images, spec, concept=concept)
+    return classifier.classify(images, spec)
