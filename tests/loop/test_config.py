@@ -229,7 +229,7 @@ def test_check_complete():
         ),
         ({"generation": {"guidance": -1}}, "^generation: guidance must be a finite number ≥ 0"),
         ({"generation": {"eta": -0.5}}, "^generation: eta must be a finite number ≥ 0"),
-        ({"controller": "pid"}, "^controller.name: should be 'adaptive' or 'official', got 'pid'$"),
+        ({"controller": "pid"}, "^controller.name: should be 'panel', 'adaptive' or 'official', got 'pid'$"),
         ({"classifier": {"mode": "both"}}, "^classifier.mode: should be 'joint' or 'per-axis'"),
         ({"classifier": {"templates": ["a photo"]}}, "^classifier: template 'a photo' has no {phrase}$"),
         ({"classifier": {"templates": []}}, "^classifier.templates: Tuple should have at least 1 item"),
@@ -334,3 +334,9 @@ def test_generation_settings_are_the_sampler_schema_plus_dtype_and_scheduler():
     assert list(GenerationSettings.model_fields) == ["dtype", "scheduler", *sampler]
     settings = GenerationSettings(steps=3, eta=0.5, negative_prompt="blurry")
     assert settings.generation_config() == GenerationConfig(steps=3, eta=0.5, negative_prompt="blurry")
+
+
+def test_the_default_controller_is_the_panel_controller_however_the_config_is_built():
+    assert RunConfig().controller.name == "panel"
+    assert RunConfig().with_overrides({"budget": 10}).controller.name == "panel"
+    assert RunConfig.from_dict({"controller": {"step": 0.2}}).controller.name == "panel"

@@ -201,7 +201,7 @@ class ControllerConfig(_Section):
             return {"name": data}
         if isinstance(data, Mapping) and "options" not in data:
             options = {key: value for key, value in data.items() if key != "name"}
-            return {"name": data.get("name", "adaptive"), "options": options}
+            return {"name": data.get("name", cls.model_fields["name"].default), "options": options}
         return data
 
     def to_dict(self) -> dict:
