@@ -31,7 +31,7 @@ from mist_debias.app.choices import (
 )
 from mist_debias.app.environment import choose_threads, quiet_libraries
 from mist_debias.app.evaluate_cli import evaluate_command, report_command
-from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
+from mist_debias.app.models import MODEL_HELP, generation_config, resolve_model, sampler_defaults
 from mist_debias.app.output import stderr_console, stdout_console
 from mist_debias.core.errors import MistError
 from mist_debias.world.cli import world_app
@@ -186,20 +186,14 @@ def generate(
     """Generate N seeded images of one prompt, optionally with an edit applied."""
     from mist_debias.core.atomic import atomic_directory, check_output_path
     from mist_debias.core.edit import Edit
-    from mist_debias.core.generate import GenerationConfig, generate_images
+    from mist_debias.core.generate import generate_images
 
     if n <= 0:
         raise MistError(f"--n must be positive, got {n}")
     if not prompt.strip():
         raise MistError("--prompt is empty")
     model, profile = resolve_model(model)
-    sampler = sampler_defaults(profile, GENERIC_SAMPLER, steps=steps, guidance=guidance, eta=eta, batch_size=batch_size)
-    try:
-        config = GenerationConfig(
-            sampler["steps"], sampler["guidance"], height, width, negative_prompt, sampler["batch_size"], sampler["eta"]
-        )
-    except ValueError as error:
-        raise MistError(str(error)) from None
+    config = generation_config(profile, steps, guidance, eta, batch_size, height, width, negative_prompt)
     loaded = Edit.load(edit_file) if edit_file else None
     check_output_path(out, force)
     pipe = _load(model, device, dtype)

@@ -23,7 +23,7 @@ from mist_debias.app.choices import (
     StepsOption,
     WidthOption,
 )
-from mist_debias.app.models import GENERIC_SAMPLER, MODEL_HELP, resolve_model, sampler_defaults
+from mist_debias.app.models import MODEL_HELP, generation_config, resolve_model
 from mist_debias.app.output import stderr_console
 from mist_debias.core.errors import MistError
 
@@ -103,7 +103,6 @@ def evaluate_command(
     abbreviation ``--n`` as one of its own options; spell it ``--num-images`` there.)
     """
     from mist_debias.core.edit import Edit
-    from mist_debias.core.generate import GenerationConfig
     from mist_debias.core.prompts import resolve_prompt_set
     from mist_debias.core.spec import spec_from_cli
     from mist_debias.loop.profile import ORACLE, own_classifier
@@ -128,13 +127,7 @@ def evaluate_command(
     spec = spec_from_cli(axis or [], cell or [], target or [])
     typed_model = model
     model, profile = resolve_model(model)
-    sampler = sampler_defaults(profile, GENERIC_SAMPLER, steps=steps, guidance=guidance, eta=eta, batch_size=batch_size)
-    try:
-        generation = GenerationConfig(
-            sampler["steps"], sampler["guidance"], height, width, negative_prompt, sampler["batch_size"], sampler["eta"]
-        )
-    except ValueError as error:
-        raise MistError(str(error)) from None
+    generation = generation_config(profile, steps, guidance, eta, batch_size, height, width, negative_prompt)
     if classifier is None:
         from mist_debias.measure.classifiers.clip import DEFAULT_CLIP_MODEL
 

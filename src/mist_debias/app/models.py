@@ -7,7 +7,10 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from mist_debias.core.errors import MistError
+
 if TYPE_CHECKING:
+    from mist_debias.core.generate import GenerationConfig
     from mist_debias.loop.profile import ModelProfile
 
 MODEL_HELP = "Hub id, local diffusers pipeline folder, or a model profile's name ('world': the synthetic world)."
@@ -41,3 +44,26 @@ def sampler_defaults(profile: ModelProfile | None, fallback: Mapping[str, Any] |
             f"η {chosen['eta']:g} (override with --guidance/--eta/--steps)\n"
         )
     return chosen
+
+
+def generation_config(
+    profile: ModelProfile | None,
+    steps: int | None,
+    guidance: float | None,
+    eta: float | None,
+    batch_size: int | None,
+    height: int | None,
+    width: int | None,
+    negative_prompt: str | None,
+) -> GenerationConfig:
+    """The sampler of ``mist generate`` and ``mist evaluate``: each option given, else the profile's, else
+    :data:`GENERIC_SAMPLER`; a bad value is one :class:`~mist_debias.core.errors.MistError` line."""
+    from mist_debias.core.generate import GenerationConfig
+
+    sampler = sampler_defaults(profile, GENERIC_SAMPLER, steps=steps, guidance=guidance, eta=eta, batch_size=batch_size)
+    try:
+        return GenerationConfig(
+            sampler["steps"], sampler["guidance"], height, width, negative_prompt, sampler["batch_size"], sampler["eta"]
+        )
+    except ValueError as error:
+        raise MistError(str(error)) from None
