@@ -30,13 +30,21 @@ and falling steeply as edits grow (95% of the unedited share at ``max_j |w_j| �
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 from scipy import special
 
 from mist_debias.loop.control.base import Controller
+
+
+def plant_logits(offsets: np.ndarray, gain: np.ndarray, saturation: float | None, weights) -> np.ndarray:
+    """``offsets + gain @ φ(w)`` with ``φ(w) = c · tanh(w / c)`` (``φ(w) = w`` when the saturation c is None)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if saturation is not None:
+        w = saturation * np.tanh(w / saturation)
+    return offsets + gain @ w
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,7 @@ class SoftmaxPlant:
 
     def ratios(self, weights) -> np.ndarray:
         """The true cell ratios at absolute weights ``w``."""
-        w = np.asarray(weights, dtype=np.float64)
-        if self.saturation is not None:
-            w = self.saturation * np.tanh(w / self.saturation)
-        return special.softmax(self.offsets + self.gain @ w)
+        return special.softmax(plant_logits(self.offsets, self.gain, self.saturation, weights))
 
     def sample(self, weights, n: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """Classify ``n`` simulated images: (per-cell counts over the valid ones, number invalid)."""
@@ -128,15 +133,7 @@ class SeededPlant:
 
     def with_noise_seed(self, noise_seed: int) -> SeededPlant:
         """The same plant over another population of seeds."""
-        return SeededPlant(
-            self.offsets,
-            self.gain,
-            self.saturation,
-            self.invalid_rate,
-            self.decodable_limit,
-            self.loss_radius,
-            noise_seed,
-        )
+        return replace(self, noise_seed=noise_seed)
 
     @property
     def num_cells(self) -> int:
@@ -164,10 +161,7 @@ class SeededPlant:
         return rows
 
     def logits(self, weights) -> np.ndarray:
-        w = np.asarray(weights, dtype=np.float64)
-        if self.saturation is not None:
-            w = self.saturation * np.tanh(w / self.saturation)
-        return self.offsets + self.gain @ w
+        return plant_logits(self.offsets, self.gain, self.saturation, weights)
 
     def ratios(self, weights) -> np.ndarray:
         """The true cell ratios at absolute weights ``w`` (over the whole seed population)."""
