@@ -38,6 +38,7 @@ from mist_debias.core.solve import LowRankUpdate
 from mist_debias.core.spec import AttributeSpec, Axis
 from mist_debias.core.targets import ConceptPrompts, EditProblem
 from mist_debias.loop.control import CONTROLLERS, ConceptStatus, ConceptTarget, Controller, Proposal
+from mist_debias.loop.control.base import encode_labels
 from mist_debias.loop.other_axes import axis_shifts, unedited_axes
 from mist_debias.measure.classifiers.base import CellClassifier, classify_concept
 from mist_debias.measure.metrics import Distribution, wilson_interval
@@ -186,10 +187,11 @@ class DebiasRun:
 
     def _proposal_seeds(self, proposal: Proposal) -> list[int]:
         """The seeds a proposal names (indices into its concept's seed space), else fresh ones."""
-        if proposal.seed_start is None:
+        named = proposal.seeds()
+        if named is None:
             return self._seeds(proposal.concept, proposal.n_images)
-        start = self.seed + self.order.index(proposal.concept) * SEEDS_PER_CONCEPT + proposal.seed_start
-        return list(range(start, start + proposal.n_images))
+        base = self.seed + self.order.index(proposal.concept) * SEEDS_PER_CONCEPT
+        return [base + index for index in named]
 
     def _weights(self, proposals: dict[str, Proposal]) -> list[list[float]]:
         """Per-concept weights of this round's edit (absolute mode)."""
@@ -243,6 +245,8 @@ class DebiasRun:
                     entry["n_invalid"],
                     entry.get("kept"),
                     entry.get("seed_start"),
+                    seed_indices=entry.get("seed_indices"),
+                    labels=entry.get("labels"),
                 )
                 self.log.append(entry)
         if self.log:
@@ -252,17 +256,18 @@ class DebiasRun:
     # ----------------------------------------------------------------------------------------- loop
 
     def _measure(self, concept: str, seeds: list[int]) -> tuple[np.ndarray, int]:
-        counts, n_invalid, _ = self._measure_kept(concept, seeds)
+        counts, n_invalid, _, _ = self._measure_kept(concept, seeds)
         return counts, n_invalid
 
-    def _measure_kept(self, concept: str, seeds: list[int]) -> tuple[np.ndarray, int, int | None]:
-        """Counts per cell, images not classified, and valid images still showing the concept (None when the
-        classifier does not tell)."""
+    def _measure_kept(self, concept: str, seeds: list[int]) -> tuple[np.ndarray, int, int | None, tuple[int, ...]]:
+        """Counts per cell, images not classified, valid images still showing the concept (None when the
+        classifier does not tell), and every image's label (:func:`~mist_debias.loop.control.base.encode_labels`)."""
         prompt = self.concepts[concept].prompts.prompt
+        spec = self.concepts[concept].spec
         images = generate_images(self.pipe, [prompt] * len(seeds), seeds, self.generation)
-        predictions = classify_concept(self.classifier, images, self.concepts[concept].spec, concept)
-        n_kept = predictions.kept_count()
-        return predictions.counts(), int((~predictions.valid).sum()), n_kept
+        predictions = classify_concept(self.classifier, images, spec, concept)
+        labels = encode_labels(predictions.labels, predictions.kept, spec.num_cells)
+        return predictions.counts(), int((~predictions.valid).sum()), predictions.kept_count(), labels
 
     def run(self, on_round: Callable[[DebiasRun], None] | None = None) -> None:
         """Run rounds until the controller has nothing left to propose (then call :meth:`finish`)."""
@@ -276,18 +281,27 @@ class DebiasRun:
                 for proposal in proposals:
                     self.counter.count = 0
                     seeds = self._proposal_seeds(proposal)
-                    counts, n_invalid, kept = self._measure_kept(proposal.concept, seeds)
+                    counts, n_invalid, kept, labels = self._measure_kept(proposal.concept, seeds)
                     self.unet_evaluations += self.counter.count
-                    entries.append((proposal, seeds, counts, n_invalid, kept))
+                    entries.append((proposal, seeds, counts, n_invalid, kept, labels))
             if {p.mode for p in proposals} == {"increment"}:
                 self.compounded = update
             self.wall_time += time.perf_counter() - start
-            for proposal, seeds, counts, n_invalid, kept in entries:
+            for proposal, seeds, counts, n_invalid, kept, labels in entries:
                 self.controller.observe(
-                    proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start
+                    proposal.concept,
+                    proposal.weights,
+                    counts,
+                    n_invalid,
+                    kept,
+                    proposal.seed_start,
+                    seed_indices=proposal.seed_indices,
+                    labels=labels,
                 )
                 entry = self._entry(round_index, proposal, seeds, counts, n_invalid)
-                entry.update(seed_start=proposal.seed_start, kept=kept)
+                entry.update(seed_start=proposal.seed_start, kept=kept, labels=list(labels))
+                if proposal.seed_indices is not None:
+                    entry["seed_indices"] = list(proposal.seed_indices)
                 self.log.append(entry)
             self.folder.write_log(self.log)
             self.folder.write_result(self.final_edit(), self.summary())

@@ -6,6 +6,7 @@ import pytest
 from mist_debias.core.generate import generate_images
 from mist_debias.loop.config import AttributesConfig, RunConfig
 from mist_debias.loop.control import Proposal
+from mist_debias.loop.control.base import decode_labels
 from mist_debias.loop.debias import SEEDS_PER_CONCEPT
 from mist_debias.loop.runner import prepare_run
 
@@ -38,6 +39,9 @@ def test_named_seeds_give_the_same_images_at_the_same_weights(sd1_dir, tiny_clip
     mixed = generate_images(run.pipe, [prompt] * 6, [seeds[0] - 1, *seeds, seeds[-1] + 5], run.generation)
     for a, b in zip(alone, mixed[1:5], strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # a proposal may name any seeds
+    listed = Proposal("nurse", np.zeros(2), "absolute", 3, seed_indices=(40, 17, 3))
+    assert run._proposal_seeds(listed) == [run.seed + SEEDS_PER_CONCEPT + i for i in (40, 17, 3)]
     run.close()
 
 
@@ -58,7 +62,11 @@ def test_the_loop_uses_the_named_seeds_and_logs_them_for_resume(sd1_dir, tiny_cl
     assert all(entry["seed_start"] is not None for entry in log)
     for entry in log:
         base = run.seed + run.order.index(entry["concept"]) * SEEDS_PER_CONCEPT
-        assert entry["seeds"] == [base + entry["seed_start"], base + entry["seed_start"] + entry["n_images"] - 1]
+        indices = entry.get("seed_indices") or range(entry["seed_start"], entry["seed_start"] + entry["n_images"])
+        assert entry["seeds"] == [base + indices[0], base + indices[-1]] and len(indices) == entry["n_images"]
+        # every image's label is logged, and they add up to the logged counts
+        counts, n_invalid, _ = decode_labels(entry["labels"], 2)
+        assert counts.tolist() == entry["counts"] and n_invalid == entry["n_invalid"]
     # panel block 0 (seed indices 0–15) is measured at more than one weight for the same concept: common seeds
     block0 = [tuple(e["weights"]) for e in log if e["concept"] == "doctor" and e["seed_start"] == 0]
     assert len(set(block0)) >= 2
@@ -68,7 +76,7 @@ def test_the_loop_uses_the_named_seeds_and_logs_them_for_resume(sd1_dir, tiny_cl
     proposals = run.controller.propose()
     assert proposals
     for a, b in zip(resumed.controller.propose(), proposals, strict=True):
-        assert (a.concept, a.n_images, a.seed_start) == (b.concept, b.n_images, b.seed_start)
+        assert (a.concept, a.n_images, a.seeds()) == (b.concept, b.n_images, b.seeds())
         np.testing.assert_array_equal(a.weights, b.weights)
     run.close()
     resumed.close()

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from mist_debias.loop.control import ConceptTarget, Observation, PanelController, controller_from_dict
-from mist_debias.loop.control.certify import CERTIFICATE_METHOD, equivalence_bounds
+from mist_debias.loop.control.base import decode_labels, encode_labels
+from mist_debias.loop.control.certify import (
+    CERTIFICATE_METHOD,
+    SITE_FIRST_LOOK_SHARE,
+    certifies_sequentially,
+    equivalence_bounds,
+    look_alpha,
+)
 from mist_debias.loop.control.kept import surely_lost
 from mist_debias.loop.control.panel import FRESH_SEED_START
 from mist_debias.loop.control.simulate import SeededPlant, simulate
@@ -26,14 +33,25 @@ def test_certifies_on_fresh_seeds_where_a_fixed_step_is_too_weak_fine_or_too_str
     assert status.converged and status.reason == "converged" and status.mode == "absolute"
     assert np.max(np.abs(plant.ratios(result.final_weights["c"]) - 0.5)) < 0.05
     assert status.certificate_method == CERTIFICATE_METHOD
-    # The certificate is the one-sided Clopper–Pearson bounds of the certifying images alone, inside ±ε.
-    lower, upper = equivalence_bounds(status.pooled.counts, status.certificate_alpha)
-    np.testing.assert_allclose(status.certificate_lower, lower)
-    np.testing.assert_allclose(status.certificate_upper, upper)
+    # The certificate is the bounds of the certifying images alone (fresh seeds at one weight), inside ±ε:
+    # one-sided Clopper–Pearson after one look, the group-sequential bounds after pooled looks.
+    looks = [
+        o for o in controller.observations if o.seed_start >= FRESH_SEED_START and o.weights == tuple(status.weights)
+    ]
+    assert sum(sum(o.counts) for o in looks) == status.pooled.n
+    if len(looks) == 1:
+        lower, upper = equivalence_bounds(status.pooled.counts, status.certificate_alpha)
+    else:
+        alphas = [look_alpha(status.certificate_alpha, SITE_FIRST_LOOK_SHARE, k) for k in range(1, len(looks) + 1)]
+        alphas = np.array(alphas) / (1 - (1 - SITE_FIRST_LOOK_SHARE) ** len(looks))
+        _, lower, upper = certifies_sequentially([o.counts for o in looks], HALF, 0.05, alphas)
+    np.testing.assert_allclose(status.certificate_lower, lower, atol=1e-6)
+    np.testing.assert_allclose(status.certificate_upper, upper, atol=1e-6)
     assert min(status.certificate_lower) >= 0.45 and max(status.certificate_upper) <= 0.55
     assert status.certificate_alpha <= 0.05
     # the reported distribution is the certifying images with the certificate's intervals, labelled
-    assert status.pooled.method == "clopper-pearson-tost" and status.pooled.alpha == 2 * status.certificate_alpha
+    kind = "clopper-pearson-tost" if len(looks) == 1 else "group-sequential-tost"
+    assert status.pooled.method == kind and status.pooled.alpha == 2 * status.certificate_alpha
     assert status.pooled.lower == status.certificate_lower and status.pooled.upper == status.certificate_upper
 
 
@@ -148,16 +166,21 @@ def test_replay_from_the_log_proposes_the_same_and_reports_the_same():
         proposals = original.propose()
         assert [p.seed_start for p in proposals] == [p.seed_start for p in original.propose()]  # pure
         for p in proposals:
-            counts, n_invalid, kept = plants[p.concept].sample_seeds(p.weights, np.asarray(p.seeds()))
-            original.observe(p.concept, p.weights, counts, n_invalid, kept, p.seed_start)
+            plant = plants[p.concept]
+            labels = encode_labels(*plant.classify(p.weights, np.asarray(p.seeds())), plant.num_cells)
+            counts, n_invalid, kept = decode_labels(labels, plant.num_cells)
+            original.observe(p.concept, p.weights, counts, n_invalid, kept, p.seed_start, p.seed_indices, labels)
     config = json.loads(json.dumps(original.to_dict()))
     log = [Observation.from_dict(json.loads(json.dumps(obs.to_dict()))) for obs in original.observations]
-    assert all(obs.kept is not None and obs.seed_start is not None for obs in log)
+    assert all(obs.kept is not None and obs.seed_start is not None and obs.labels for obs in log)
+    assert any(obs.seed_indices is not None for obs in log)
     restored = controller_from_dict(config)
     for obs in log:
-        restored.observe(obs.concept, obs.weights, obs.counts, obs.n_invalid, obs.kept, obs.seed_start)
+        restored.observe(
+            obs.concept, obs.weights, obs.counts, obs.n_invalid, obs.kept, obs.seed_start, obs.seed_indices, obs.labels
+        )
     for a, b in zip(restored.propose(), original.propose(), strict=True):
-        assert a.weights.tolist() == b.weights.tolist() and (a.n_images, a.seed_start) == (b.n_images, b.seed_start)
+        assert a.weights.tolist() == b.weights.tolist() and (a.n_images, a.seeds()) == (b.n_images, b.seeds())
     for name in plants:
         assert restored.status(name).to_dict() == original.status(name).to_dict()
     replayed = PanelController.replay(config, [o.to_dict() for o in original.observations])

@@ -14,6 +14,9 @@ A controller may name the seeds (``seed_start``: the proposal's images use seed 
 measure the same seeds at several weights (common random numbers: the difference between two weights is
 then far less noisy than between two independent batches) and keep other seeds fresh for a certificate.
 ``kept`` is the number of valid images that still show the concept (None when the classifier cannot tell).
+A proposal may also name any set of seed indices (``seed_indices``), and the loop then reports every image's
+label in seed order (``labels``, :func:`encode_labels`): a controller that has seen the same seeds at other
+weights can then ask only for the seeds whose cell it cannot infer.
 
 ``mode`` tells the loop how to turn a proposal's weights into an edit:
 
@@ -72,12 +75,34 @@ class ConceptTarget:
         return {"name": self.name, "target": list(self.target), "tolerance": self.tolerance}
 
 
+def encode_labels(cells, kept=None, num_cells: int | None = None) -> tuple[int, ...]:
+    """One integer per image: its cell j (``0 ≤ j < K``) when it shows the concept (or nobody can tell),
+    ``K + j`` when it falls in cell j but no longer shows the concept, ``−1`` when it could not be classified."""
+    cells = np.asarray(cells, dtype=np.int64)
+    if kept is None:
+        return tuple(int(c) for c in cells)
+    if num_cells is None:
+        raise ValueError("num_cells is needed to encode labels with kept")
+    lost = (cells >= 0) & ~np.asarray(kept, dtype=bool)
+    return tuple(int(c) for c in np.where(lost, cells + num_cells, cells))
+
+
+def decode_labels(labels, num_cells: int) -> tuple[np.ndarray, int, int]:
+    """(per-cell counts over the valid images, images not classified, valid images still showing the concept)
+    from :func:`encode_labels`' codes."""
+    labels = np.asarray(labels, dtype=np.int64)
+    valid = labels >= 0
+    cells = labels[valid] % num_cells
+    return np.bincount(cells, minlength=num_cells), int((~valid).sum()), int(np.sum(labels[valid] < num_cells))
+
+
 @dataclass(frozen=True)
 class Proposal:
     """Generate ``n_images`` of ``concept`` with the edit given by ``weights`` (length K) and ``mode``.
 
     ``seed_start``: when not None, the images use the seed indices ``seed_start … seed_start + n_images − 1``
-    of the concept's seed space; None lets the loop pick fresh seeds.
+    of the concept's seed space; ``seed_indices``: any named seed indices instead (then ``seed_start`` is their
+    first); neither lets the loop pick fresh seeds.
     """
 
     concept: str
@@ -85,9 +110,19 @@ class Proposal:
     mode: str
     n_images: int
     seed_start: int | None = None
+    seed_indices: tuple[int, ...] | None = None
 
-    def seeds(self) -> range | None:
+    def __post_init__(self) -> None:
+        if self.seed_indices is not None:
+            if len(self.seed_indices) != self.n_images or not self.seed_indices:
+                raise ValueError("seed_indices must name n_images seeds")
+            object.__setattr__(self, "seed_indices", tuple(int(s) for s in self.seed_indices))
+            object.__setattr__(self, "seed_start", self.seed_indices[0])
+
+    def seeds(self) -> Sequence[int] | None:
         """The named seed indices, or None."""
+        if self.seed_indices is not None:
+            return self.seed_indices
         return None if self.seed_start is None else range(self.seed_start, self.seed_start + self.n_images)
 
 
@@ -96,7 +131,9 @@ class Observation:
     """What the loop reports back: the classifier's hard counts for the images made at ``weights``.
 
     ``kept``: how many of the valid images still show the concept (None: not measured). ``seed_start``: the
-    first seed index when the proposal named its seeds (None otherwise).
+    first seed index when the proposal named its seeds (None otherwise); ``seed_indices``: the seeds, when the
+    proposal named them as a list; ``labels``: every image's :func:`encode_labels` code in seed order, when
+    the loop reports them.
     """
 
     concept: str
@@ -105,6 +142,14 @@ class Observation:
     n_invalid: int = 0
     kept: int | None = None
     seed_start: int | None = None
+    seed_indices: tuple[int, ...] | None = None
+    labels: tuple[int, ...] | None = None
+
+    def seeds(self) -> Sequence[int] | None:
+        """The named seed indices, or None."""
+        if self.seed_indices is not None:
+            return self.seed_indices
+        return None if self.seed_start is None else range(self.seed_start, self.seed_start + self.n_images)
 
     @property
     def n_images(self) -> int:
@@ -121,11 +166,16 @@ class Observation:
             data["kept"] = self.kept
         if self.seed_start is not None:
             data["seed_start"] = self.seed_start
+        if self.seed_indices is not None:
+            data["seed_indices"] = list(self.seed_indices)
+        if self.labels is not None:
+            data["labels"] = list(self.labels)
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> Observation:
         kept, seed_start = data.get("kept"), data.get("seed_start")
+        indices, labels = data.get("seed_indices"), data.get("labels")
         return cls(
             data["concept"],
             tuple(float(x) for x in data["weights"]),
@@ -133,6 +183,8 @@ class Observation:
             int(data.get("n_invalid", 0)),
             None if kept is None else int(kept),
             None if seed_start is None else int(seed_start),
+            None if indices is None else tuple(int(x) for x in indices),
+            None if labels is None else tuple(int(x) for x in labels),
         )
 
 
@@ -242,7 +294,16 @@ class Controller(ABC):
         controller = cls.from_dict(config)
         for obs in observations:
             obs = obs if isinstance(obs, Observation) else Observation.from_dict(obs)
-            controller.observe(obs.concept, obs.weights, obs.counts, obs.n_invalid, obs.kept, obs.seed_start)
+            controller.observe(
+                obs.concept,
+                obs.weights,
+                obs.counts,
+                obs.n_invalid,
+                obs.kept,
+                obs.seed_start,
+                seed_indices=obs.seed_indices,
+                labels=obs.labels,
+            )
         return controller
 
     # ----------------------------------------------------------------------------- the contract
@@ -266,10 +327,14 @@ class Controller(ABC):
         n_invalid: int = 0,
         kept: int | None = None,
         seed_start: int | None = None,
+        seed_indices: Sequence[int] | None = None,
+        labels: Sequence[int] | None = None,
     ) -> None:
         """Record the classifier's hard ``counts`` (length K, valid images only) and the number of
         images it could not classify, for images generated at the proposal's ``weights``; ``kept`` of the
-        valid images still show the concept; ``seed_start`` is the proposal's, when it named seeds."""
+        valid images still show the concept; ``seed_start`` and ``seed_indices`` are the proposal's, when it
+        named seeds; ``labels`` every image's :func:`encode_labels` code, when known (they must agree with
+        ``counts``, ``n_invalid`` and ``kept``)."""
         if concept not in self.concepts:
             raise KeyError(f"unknown concept {concept!r}")
         num_cells = self.concepts[concept].num_cells
@@ -281,6 +346,18 @@ class Controller(ABC):
             raise ValueError("counts and n_invalid must be non-negative integers")
         if kept is not None and not 0 <= kept <= counts.sum():
             raise ValueError(f"kept must lie in [0, {int(counts.sum())}] (the valid images), got {kept}")
+        n_images = int(counts.sum()) + int(n_invalid)
+        if seed_indices is not None:
+            seed_indices = tuple(int(s) for s in seed_indices)
+            if len(seed_indices) != n_images:
+                raise ValueError(f"{len(seed_indices)} seed indices for {n_images} images")
+            seed_start = seed_indices[0] if seed_start is None else seed_start
+        if labels is not None:
+            labels = tuple(int(x) for x in labels)
+            decoded_counts, decoded_invalid, decoded_kept = decode_labels(labels, num_cells)
+            agrees = np.array_equal(decoded_counts, counts) and decoded_invalid == n_invalid
+            if len(labels) != n_images or not agrees or (kept is not None and decoded_kept != kept):
+                raise ValueError("labels disagree with counts, n_invalid or kept")
         if self.status(concept).finished:
             raise ValueError(f"concept {concept!r} is finished; it takes no more observations")
         obs = Observation(
@@ -290,6 +367,8 @@ class Controller(ABC):
             int(n_invalid),
             None if kept is None else int(kept),
             None if seed_start is None else int(seed_start),
+            seed_indices,
+            labels,
         )
         self._record(obs)
         self.observations.append(obs)
@@ -310,7 +389,11 @@ class Controller(ABC):
                 n = self._fit_to_budget(wanted.n_images, left)
                 if n <= 0:
                     continue
-                wanted = Proposal(wanted.concept, wanted.weights, wanted.mode, n, wanted.seed_start)
+                if n != wanted.n_images and wanted.seed_indices is not None:
+                    continue  # a named set of seeds is measured whole or not at all
+                wanted = Proposal(
+                    wanted.concept, wanted.weights, wanted.mode, n, wanted.seed_start, wanted.seed_indices
+                )
                 left -= n
             proposals.append(wanted)
         return proposals

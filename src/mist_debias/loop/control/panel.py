@@ -30,17 +30,28 @@ Each concept runs this loop:
    the fewest expected images per certificate. It looks when that chance is at least ``look_chance`` and
    one more panel block at the aim would not make the look cheaper by more than the block costs (a
    one-step look-ahead). Otherwise it searches: block 0 at the aim when the model can resolve the step,
-   else the next new block at the aim (the panel grows where the search has settled).
+   else the next new block at the aim (the panel grows where the search has settled), with every block that
+   is cheap there (below).
 5. **Certify** (:mod:`mist_debias.loop.control.certify`): every cell's one-sided Clopper–Pearson bounds at the
-   look's ``α_m`` inside ``[t_j − ε, t_j + ε]`` (an intersection–union equivalence test) and the concept not
+   look's α inside ``[t_j − ε, t_j + ε]`` (an intersection–union equivalence test) and the concept not
    surely lost there. A failed look may be followed by the next look at the same weight, pooling its fresh
-   images, at cumulative sizes ``n₁ · 2^k`` fixed at the first look there (a group-sequential design), when
-   that is the cheaper way to a certificate; otherwise its images join the model and the search goes on.
+   images, at cumulative sizes ``n₁ · 2^k`` fixed at the first look there, tested with exact group-sequential
+   boundaries, when that is the cheaper way to a certificate; otherwise its images join the model and the
+   search goes on.
 
-Honesty: the m-th look of a concept spends ``α_m`` (:func:`~mist_debias.loop.control.certify.look_alpha`,
-Σ_m α_m ≤ α). Each look's interval is a fixed-n interval: its weight and its cumulative size were fixed
-before any of its images were drawn, on seeds nothing else used. By the union bound over looks,
-P(a false certificate) ≤ α per concept. Nothing else ever certifies.
+Seeds measured before are not generated again where their cell can be inferred
+(:mod:`~mist_debias.loop.control.infer`): a seed that fell in cell j at several searched weights does so
+at every convex combination of them, so a panel block at a weight between searched ones costs only the
+seeds whose cell may differ; a block of which at most half must be generated joins every search there. An
+aim the model predicts less than one panel image away from a searched weight (every ratio within 1/N for a
+panel of N seeds) is that weight.
+Inferred cells only feed the search; certificates use fresh seeds, each generated.
+
+Honesty: the i-th certification weight of a concept may spend ``β_i = α s (1 − s)^(i−1)`` over its looks
+(:func:`~mist_debias.loop.control.certify.look_alpha`, Σ_i β_i ≤ α). Each weight's looks form a fixed
+group-sequential design: its weight and its cumulative sizes were fixed before any of its images were drawn,
+on seeds nothing else used. By the union bound over weights, P(a false certificate) ≤ α per concept.
+Nothing else ever certifies.
 
 A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``. An
 unconverged run reports the weight with the most evidence near the target: of the weights measured (panel
@@ -56,21 +67,32 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from mist_debias.loop.control.base import ConceptStatus, ConceptTarget, Controller, Observation, Proposal
+from mist_debias.loop.control.base import (
+    ConceptStatus,
+    ConceptTarget,
+    Controller,
+    Observation,
+    Proposal,
+    decode_labels,
+)
 from mist_debias.loop.control.certify import (
     CERTIFICATE_INTERVAL,
     CERTIFICATE_METHOD,
-    certifies,
+    SEQUENTIAL_INTERVAL,
+    SITE_FIRST_LOOK_SHARE,
+    certifies_sequentially,
     look_alpha,
     look_success,
     plan_look,
 )
+from mist_debias.loop.control.infer import UNKNOWN, infer_labels
 from mist_debias.loop.control.kept import surely_lost
 from mist_debias.loop.control.response import LogitLinearResponse, fit_response, zero_sum_basis
 from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wilson_interval
 
 FRESH_SEED_START = 1_000_000
 _EVIDENCE_SHARE = 0.25  # an unconverged run reports a weight with ≥ this share of the best-measured one's images
+_CHEAP_SHARE = 0.5  # a panel block is completed at a searched weight when at most this share must be generated
 _BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval excludes the target
 
 
@@ -97,10 +119,12 @@ def _pool(batches: Sequence[_Batch]) -> _Batch:
 
 @dataclass
 class _Point:
-    """A searched weight and the panel blocks measured there (by block index)."""
+    """A searched weight, the panel blocks complete there (by block index), and the label of every panel seed
+    known there (measured or inferred; seeds of observations that carried no labels are absent)."""
 
     weights: np.ndarray
     blocks: dict[int, _Batch] = field(default_factory=dict)
+    labels: dict[int, int] = field(default_factory=dict)
 
     def pooled(self, indices=None) -> _Batch:
         chosen = sorted(self.blocks) if indices is None else sorted(indices)
@@ -144,20 +168,22 @@ class _State:
 
 @dataclass(frozen=True)
 class _Plan:
-    """The next batch: weights, images, first seed index, and what it is for (or why nothing is left)."""
+    """The next batch: weights, images, first seed index (or the seeds, when not a contiguous range), and what
+    it is for (or why nothing is left)."""
 
     weights: np.ndarray
     n_images: int
     seed_start: int
     kind: str
+    seed_indices: tuple[int, ...] | None = None
 
 
 class PanelController(Controller):
-    """Common-seed search and one-look certificates on fresh seeds (see the module docstring).
+    """Common-seed search and certificates on fresh seeds (see the module docstring).
 
     Parameters: ``alpha`` — false-certificate level per concept; ``first_look_share`` — the share of α the
-    first look spends (look m spends ``α s (1 − s)^(m−1)``); ``look_chance`` — the least predicted chance of
-    success for which a look is made; ``block_size`` — panel block 0 holds ``block_size · ⌈K/4⌉`` seeds;
+    first certification weight may spend (weight i: ``α s (1 − s)^(i−1)``); ``look_chance`` — the least
+    predicted chance of success for which a look is made; ``block_size`` — panel block 0 holds ``block_size · ⌈K/4⌉`` seeds;
     ``max_blocks`` — panel blocks in all; ``min_look``/``max_look``/``batch_multiple`` — look sizes;
     ``initial_step`` — the probe's largest |w_j|; ``growth`` — trust-region factor; ``max_abs_weight`` —
     weights never exceed it; ``max_iterations`` — batches per concept; ``cross_penalty`` — ridge on the
@@ -247,6 +273,19 @@ class PanelController(Controller):
     @staticmethod
     def _blocks_used(state: _State) -> int:
         return 1 + max((i for p in state.points for i in p.blocks), default=-1)
+
+    def _block_seeds(self, concept: str, index: int) -> range:
+        start, size = self._block(concept, index)
+        return range(start, start + size)
+
+    def _inferred(self, state: _State, seeds: Sequence[int], weights: np.ndarray, num_cells: int) -> np.ndarray:
+        """Labels of panel ``seeds`` at ``weights`` inferred from the searched weights (:mod:`.infer`)."""
+        labelled = [point for point in state.points if point.labels]
+        if not labelled:
+            return np.full(len(seeds), UNKNOWN, dtype=np.int64)
+        points = np.stack([point.weights for point in labelled])
+        labels = np.array([[point.labels.get(seed, UNKNOWN) for seed in seeds] for point in labelled])
+        return infer_labels(points, labels, weights, num_cells)
 
     # ------------------------------------------------------------------------------ judgements
 
@@ -378,6 +417,12 @@ class PanelController(Controller):
         lost_limited = bool(np.max(np.abs(weights)) >= edge)
         if lost_limited:
             weights = weights * (0.9 * edge / np.max(np.abs(weights)))
+        # An aim predicted less than one panel image from a searched weight is that weight (its seeds are known).
+        predicted = model.ratios(weights)
+        gaps = [float(np.max(np.abs(model.ratios(p.weights) - predicted))) for p in state.points]
+        panel = sum(self._block(concept, i)[1] for i in range(self._blocks_used(state)))
+        if min(gaps) < 1.0 / panel:
+            weights = state.points[int(np.argmin(gaps))].weights.copy()
         return weights, limited, lost_limited
 
     def _spread(self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0) -> np.ndarray:
@@ -407,9 +452,16 @@ class PanelController(Controller):
         variance = np.maximum(predicted * (1.0 - predicted), 1e-4)
         return np.sqrt(variance / near + (0.25 * distance) ** 2)
 
-    def _alpha(self, state: _State) -> float:
-        """α of the concept's next look."""
-        return look_alpha(self.alpha, self.first_look_share, state.looks + 1)
+    def _alpha(self, state: _State, reopen: bool | None = None) -> float:
+        """α of the concept's next look: at the open site (its next pooled look) when it would reopen it, else
+        the first look of a new site. Site i may spend ``β_i = α s (1 − s)^(i−1)`` in all (Σ_i β_i ≤ α), its
+        look k ``β_i f (1 − f)^(k−1)`` with ``f`` = :data:`SITE_FIRST_LOOK_SHARE` (Σ_k ≤ β_i)."""
+        if reopen is None:
+            reopen = state.last_kind == "look" and bool(state.sites) and not state.sites[-1].passed
+        site_index = len(state.sites) if reopen else len(state.sites) + 1
+        look = len(state.sites[-1].batches) + 1 if reopen else 1
+        budget = look_alpha(self.alpha, self.first_look_share, site_index)
+        return look_alpha(budget, SITE_FIRST_LOOK_SHARE, look)
 
     # ------------------------------------------------------------------------------- planning
 
@@ -448,37 +500,54 @@ class PanelController(Controller):
         variance = np.maximum(ratios * (1.0 - ratios), 1e-4)
         shrink = extra / (n + extra)
         spread = shrink * np.sqrt(variance * (1.0 / pooled.n + 1.0 / (valid * extra)))
-        chance = look_success(
-            [pooled.n + valid * extra], ratios, spread, spec.target_array, spec.tolerance, self._alpha(state)
-        )[0]
+        # Planning only: the pooled look's boundary is about that of one look at the site's cumulative α.
+        alpha = sum(site.alphas) + self._alpha(state, reopen=True)
+        chance = look_success([pooled.n + valid * extra], ratios, spread, spec.target_array, spec.tolerance, alpha)[0]
         if chance <= 0:
             return math.inf, None, 0.0
         return extra / chance, self._look(concept, site.weights, extra), float(chance)
 
-    def _search(self, concept: str, weights: np.ndarray, block: int) -> _Plan:
-        """Measure panel ``block`` at ``weights`` (a new block instead, if that one was measured there)."""
+    def _search(self, concept: str, weights: np.ndarray, grow: bool) -> _Plan:
+        """Measure the panel at ``weights``: block 0 (or, with ``grow`` or when block 0 is done there, the next new
+        block), and with it every other block used so far of which at most half the seeds must be generated
+        (the rest inferred, :mod:`~mist_debias.loop.control.infer`). Only seeds whose labels cannot be inferred
+        are generated; when that leaves nothing, the block with the fewest seeds to generate joins (the next new
+        block at the latest)."""
         state = self._states[concept]
+        num_cells = self.concepts[concept].num_cells
         point = next((p for p in state.points if _same_weights(p.weights, weights)), None)
-        if point is not None and block in point.blocks:
-            block = self._blocks_used(state)
-        if block >= self.max_blocks:
-            return _Plan(weights, 0, 0, "stuck")
-        start, size = self._block(concept, block)
-        return _Plan(weights, size, start, "search")
+        done = set() if point is None else set(point.blocks)
+        used = self._blocks_used(state)
+        primary = used if grow or 0 in done else 0
+        unknown: dict[int, list[int]] = {}
+        for index in range(used + 1):
+            if index in done or index >= self.max_blocks:
+                continue
+            seeds = [seed for seed in self._block_seeds(concept, index) if point is None or seed not in point.labels]
+            known = self._inferred(state, seeds, weights, num_cells)
+            unknown[index] = [seed for seed, label in zip(seeds, known, strict=True) if label == UNKNOWN]
+        chosen = [i for i in unknown if i == primary or len(unknown[i]) <= _CHEAP_SHARE * self._block(concept, i)[1]]
+        while not any(unknown[i] for i in chosen):
+            rest = [i for i in unknown if i not in chosen]
+            if not rest:
+                return _Plan(weights, 0, 0, "stuck")
+            chosen.append(min(rest, key=lambda i: (len(unknown[i]), i)))
+        wanted = sorted(seed for i in chosen for seed in unknown[i])
+        return _Plan(weights, len(wanted), wanted[0], "search", tuple(wanted))
 
     def _make_plan(self, concept: str) -> _Plan:
         spec = self.concepts[concept]
         state = self._states[concept]
         t, eps = spec.target_array, spec.tolerance
         if not state.points:
-            return self._search(concept, np.zeros(spec.num_cells), 0)
+            return self._search(concept, np.zeros(spec.num_cells), grow=False)
         model = self._fit(concept)
         if model is None:
             unedited = state.points[0].pooled()
             direction = t - unedited.counts / max(unedited.n, 1)
             if np.max(np.abs(direction)) < 1e-12:
                 direction = zero_sum_basis(spec.num_cells)[:, 0]
-            return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), 0)
+            return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), grow=False)
 
         weights, limited, lost_limited = self._aim(concept, model)
         predicted = model.ratios(weights)
@@ -493,7 +562,7 @@ class PanelController(Controller):
             if left is not None:
                 sizes = sizes[sizes <= left]
             if len(sizes):
-                alpha = self._alpha(state)
+                alpha = self._alpha(state, reopen=False)
                 n_images, chance = plan_look(predicted, spread, t, eps, alpha, sizes)
                 cost = n_images / chance if chance > 0 else math.inf
                 if continue_plan is not None and continue_cost <= cost:
@@ -513,14 +582,14 @@ class PanelController(Controller):
             sizes = np.arange(self.min_look, self.max_look + 1, self.batch_multiple)
             sizes = sizes if left is None else sizes[sizes <= left]
             if len(sizes):
-                n_images, chance = plan_look(predicted, spread, t, eps, self._alpha(state), sizes)
+                n_images, chance = plan_look(predicted, spread, t, eps, self._alpha(state, reopen=False), sizes)
                 look_plan = self._look(concept, weights, n_images) if chance > 0 else None
         centre = state.points[self._centre(concept)]
         if lost_limited and self._deviation_bounds(concept, centre.pooled())[0] > eps:
             return _Plan(weights, 0, 0, "concept_lost")
         # Closer than the panel can resolve: new seeds (the next panel block) at the aim, not the same ones.
         resolved = limited or distance > float(np.max(spread))
-        plan = self._search(concept, weights, 0 if resolved else self._blocks_used(state))
+        plan = self._search(concept, weights, grow=not resolved)
         if plan.kind == "stuck" and look_plan is not None:
             return look_plan  # the panel is spent: the look is the best search left
         if plan.kind == "stuck" and lost_limited:
@@ -549,36 +618,70 @@ class PanelController(Controller):
                 and _same_weights(site.weights, weights)
                 and site.pooled.n + site.pooled.n_invalid + obs.n_images == site.planned(len(site.batches))
             )
+            alpha = self._alpha(state, reopen=reopen)
             if not reopen:
                 site = _Site(weights.copy(), obs.n_images)
                 state.sites.append(site)
-            alpha = self._alpha(state)
             site.batches.append(batch)
             site.alphas.append(alpha)
             state.looks += 1
             pooled = site.pooled
-            passed, site.lower, site.upper = certifies(pooled.counts, spec.target_array, spec.tolerance, alpha)
+            passed, site.lower, site.upper = certifies_sequentially(
+                [b.counts for b in site.batches], spec.target_array, spec.tolerance, site.alphas
+            )
             site.passed = passed and not self._lost(state, pooled)
             state.fresh_used += obs.n_images
             if site.passed:
                 state.certified = len(state.sites) - 1
             state.last_kind = "look"
         else:
-            index = self._block_index(obs.concept, seed_start, obs.n_images)
             found = next((i for i, p in enumerate(state.points) if _same_weights(p.weights, weights)), None)
-            if found is not None and index in state.points[found].blocks:
-                raise ValueError(f"concept {obs.concept!r}: panel block {index} was already measured here")
+            point = _Point(weights.copy()) if found is None else state.points[found]
+            if obs.labels is None:
+                completed = {self._block_index(obs.concept, seed_start, obs.n_images): batch}
+            else:
+                completed = self._label(obs.concept, point, obs.seeds(), obs.labels)
+            if not completed or any(index in point.blocks for index in completed):
+                raise ValueError(f"concept {obs.concept!r}: these panel seeds were already measured here")
             centre = state.points[self._centre(obs.concept)] if found is None and state.points else None
             model = self._fit(obs.concept) if centre is not None else None
             if found is None:
-                state.points.append(_Point(weights.copy()))
+                state.points.append(point)
                 found = len(state.points) - 1
-            state.points[found].blocks[index] = batch
+            point.blocks.update(completed)
             if centre is not None:
                 self._update_radius(obs.concept, centre, state.points[found], model)
             state.last_kind = "search"
         state.iterations += 1
         state.last = batch
+
+    def _label(self, concept: str, point: _Point, seeds: Sequence[int], labels: Sequence[int]) -> dict[int, _Batch]:
+        """Add measured ``labels`` of panel ``seeds`` at ``point`` (and every label inferable there) and return
+        the panel blocks this completes, with their counts."""
+        state = self._states[concept]
+        num_cells = self.concepts[concept].num_cells
+        if any(seed in point.labels for seed in seeds):
+            return {}
+        blocks = {i for i in range(self.max_blocks) if set(self._block_seeds(concept, i)) & set(seeds)}
+        if not blocks:
+            raise ValueError(f"concept {concept!r}: seed {seeds[0]} is not on the panel")
+        completed = {}
+        measured = dict(zip((int(s) for s in seeds), (int(x) for x in labels), strict=True))
+        for index in sorted(blocks):
+            if index in point.blocks:
+                continue
+            missing = [
+                seed for seed in self._block_seeds(concept, index) if seed not in measured and seed not in point.labels
+            ]
+            inferred = self._inferred(state, missing, point.weights, num_cells)
+            if np.any(inferred == UNKNOWN):
+                return {}
+            measured.update(zip(missing, (int(x) for x in inferred), strict=True))
+            codes = [measured.get(seed, point.labels.get(seed)) for seed in self._block_seeds(concept, index)]
+            counts, n_invalid, kept = decode_labels(codes, num_cells)
+            completed[index] = _Batch(counts, n_invalid, kept)
+        point.labels.update(measured)
+        return completed
 
     def _update_radius(self, concept: str, centre: _Point, point: _Point, model: LogitLinearResponse | None) -> None:
         """Trust-region update after the first batch at a new weight stepped from ``centre``.
@@ -632,7 +735,7 @@ class PanelController(Controller):
         if self._reason(concept) != "running":
             return None
         plan = self._plan(concept)
-        return Proposal(concept, plan.weights.copy(), self.mode, plan.n_images, plan.seed_start)
+        return Proposal(concept, plan.weights.copy(), self.mode, plan.n_images, plan.seed_start, plan.seed_indices)
 
     def _best(self, concept: str) -> tuple[np.ndarray, _Batch] | None:
         """The reported weight: the certified site, else, among measured weights (panel and fresh images pooled)
@@ -675,8 +778,8 @@ class PanelController(Controller):
                 pooled,
                 lower=tuple(float(x) for x in site.lower),
                 upper=tuple(float(x) for x in site.upper),
-                alpha=2.0 * site.alphas[-1],
-                method=CERTIFICATE_INTERVAL,
+                alpha=2.0 * sum(site.alphas),
+                method=CERTIFICATE_INTERVAL if len(site.batches) == 1 else SEQUENTIAL_INTERVAL,
             )
         unedited = self._unedited(state)
         return ConceptStatus(
@@ -692,7 +795,7 @@ class PanelController(Controller):
             pooled=pooled,
             certificate_lower=None if site is None else tuple(float(x) for x in site.lower),
             certificate_upper=None if site is None else tuple(float(x) for x in site.upper),
-            certificate_alpha=None if site is None else site.alphas[-1],
+            certificate_alpha=None if site is None else sum(site.alphas),
             certificate_method=None if site is None else CERTIFICATE_METHOD,
             kept=None if best is None or best[1].kept is None else (best[1].kept, best[1].n),
             kept_unedited=None if unedited is None or unedited.kept is None else (unedited.kept, unedited.n),

@@ -36,7 +36,7 @@ from functools import cached_property
 import numpy as np
 from scipy import special
 
-from mist_debias.loop.control.base import Controller
+from mist_debias.loop.control.base import Controller, decode_labels, encode_labels
 
 
 def plant_logits(offsets: np.ndarray, gain: np.ndarray, saturation: float | None, weights) -> np.ndarray:
@@ -242,8 +242,19 @@ def simulate(
                     start = loop_seeds[proposal.concept]
                     seeds = range(start, start + proposal.n_images)
                     loop_seeds[proposal.concept] += proposal.n_images
-                counts, n_invalid, kept = plant.sample_seeds(effective, np.asarray(seeds))
-                controller.observe(proposal.concept, proposal.weights, counts, n_invalid, kept, proposal.seed_start)
+                cells, shows = plant.classify(effective, np.asarray(seeds))
+                labels = encode_labels(cells, shows, plant.num_cells)
+                counts, n_invalid, kept = decode_labels(labels, plant.num_cells)
+                controller.observe(
+                    proposal.concept,
+                    proposal.weights,
+                    counts,
+                    n_invalid,
+                    kept,
+                    proposal.seed_start,
+                    seed_indices=proposal.seed_indices,
+                    labels=labels,
+                )
             else:
                 counts, n_invalid = plant.sample(effective, proposal.n_images, rng)
                 controller.observe(proposal.concept, proposal.weights, counts, n_invalid)

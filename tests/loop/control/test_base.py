@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from mist_debias.loop.control import ConceptTarget, Observation, PanelController, Proposal
+from mist_debias.loop.control.base import decode_labels, encode_labels
+
+
+def test_labels_encode_cell_concept_kept_and_undecodable_and_decode_to_counts():
+    labels = encode_labels([0, 1, -1, 1, 0], [True, False, False, True, True], num_cells=2)
+    assert labels == (0, 3, -1, 1, 0)
+    counts, n_invalid, kept = decode_labels(labels, 2)
+    assert counts.tolist() == [2, 2] and n_invalid == 1 and kept == 3
+    assert encode_labels([2, -1, 0]) == (2, -1, 0)  # a classifier that cannot tell the concept
+
+
+def test_observations_with_labels_and_named_seeds_round_trip_and_must_agree():
+    controller = PanelController([ConceptTarget("c", (0.5, 0.5))])
+    with pytest.raises(ValueError, match="labels disagree"):
+        controller.observe("c", [0.0, 0.0], [2, 2], 0, 4, 0, None, (0, 0, 0, 1))
+    with pytest.raises(ValueError, match="seed indices"):
+        controller.observe("c", [0.0, 0.0], [2, 2], 0, None, None, (0, 1, 2), None)
+    obs = Observation("c", (0.0, 0.0), (2, 1), 1, 3, 5, (5, 9, 7, 8), (0, 1, -1, 0))
+    assert Observation.from_dict(obs.to_dict()) == obs
+    assert list(obs.seeds()) == [5, 9, 7, 8]
+
+
+def test_a_proposal_naming_seeds_is_granted_whole_or_waits():
+    proposal = Proposal("c", np.zeros(2), "absolute", 3, seed_indices=(8, 2, 5))
+    assert proposal.seed_start == 8 and list(proposal.seeds()) == [8, 2, 5]
+    with pytest.raises(ValueError, match="n_images"):
+        Proposal("c", np.zeros(2), "absolute", 2, seed_indices=(8, 2, 5))
