@@ -183,11 +183,12 @@ class PanelController(Controller):
 
     Parameters: ``alpha`` — false-certificate level per concept; ``first_look_share`` — the share of α the
     first certification weight may spend (weight i: ``α s (1 − s)^(i−1)``); ``look_chance`` — the least
-    predicted chance of success for which a look is made; ``block_size`` — panel block 0 holds ``block_size · ⌈K/4⌉`` seeds;
-    ``max_blocks`` — panel blocks in all; ``min_look``/``max_look``/``batch_multiple`` — look sizes;
-    ``initial_step`` — the probe's largest |w_j|; ``growth`` — trust-region factor; ``max_abs_weight`` —
-    weights never exceed it; ``max_iterations`` — batches per concept; ``cross_penalty`` — ridge on the
-    model's cross-effects; ``kept_floor`` — a weight is lost when its share kept is surely below this share
+    predicted chance of success for which a look is made; ``block_size`` — panel block 0 holds
+    ``block_size · ⌈K/4⌉`` seeds; ``max_blocks`` — panel blocks in all; ``min_look``/``max_look``/
+    ``batch_multiple`` — look sizes; ``initial_step`` — the probe's largest |w_j|; ``growth`` — trust-region
+    factor; ``max_abs_weight`` — weights never exceed it; ``max_iterations`` — batches per concept;
+    ``cross_penalty`` — ridge on the model's cross-effects; ``kept_floor`` — a weight is lost when its share
+    kept is surely below this share
     of the unedited one.
     """
 
