@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
 
 from mist_debias.core.pipeline import load_pipeline
@@ -56,3 +57,21 @@ def tiny_clip_factory(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tiny_clip_factory) -> Path:
     return tiny_clip_factory(0)
+
+
+@pytest.fixture(scope="session")
+def ddpm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved unconditional DDPM pipeline: a family the project cannot edit (no text enters it)."""
+    pipe = DDPMPipeline(
+        unet=UNet2DModel(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=16,
+        ),
+        scheduler=DDPMScheduler(),
+    )
+    folder = tmp_path_factory.mktemp("ddpm")
+    pipe.save_pretrained(folder)
+    return folder

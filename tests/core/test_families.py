@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from mist_debias.core.errors import ModelLoadError, PromptError
 from mist_debias.core.families import (
@@ -127,20 +126,9 @@ def test_unet_families_keep_their_cross_attention_layers():
     assert all(layer.name.endswith((".to_k", ".to_v")) for layer in find_projections(sdxl))
 
 
-def test_a_family_that_cannot_be_edited_is_refused_naming_the_families(tmp_path):
-    pipe = DDPMPipeline(
-        unet=UNet2DModel(
-            sample_size=8,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=16,
-        ),
-        scheduler=DDPMScheduler(),
-    )
-    pipe.save_pretrained(tmp_path / "ddpm")
+def test_a_family_that_cannot_be_edited_is_refused_naming_the_families(ddpm_dir):
     with pytest.raises(ModelLoadError) as error:
-        load_pipeline(tmp_path / "ddpm", device="cpu")
+        load_pipeline(ddpm_dir, device="cpu")
     message = str(error.value)
     assert "\n" not in message and "DDPMPipeline" in message
     assert "SD1.x/SD2.x, SDXL, SD3/SD3.5, FLUX.1" in message

@@ -288,16 +288,7 @@ class DebiasRun:
                 self.compounded = update
             self.wall_time += time.perf_counter() - start
             for proposal, seeds, counts, n_invalid, kept, labels in entries:
-                self.controller.observe(
-                    proposal.concept,
-                    proposal.weights,
-                    counts,
-                    n_invalid,
-                    kept,
-                    proposal.seed_start,
-                    seed_indices=proposal.seed_indices,
-                    labels=labels,
-                )
+                self.controller.observe_labels(proposal, labels, measures_kept=kept is not None)
                 entry = self._entry(round_index, proposal, seeds, counts, n_invalid)
                 entry.update(seed_start=proposal.seed_start, kept=kept, labels=list(labels))
                 if proposal.seed_indices is not None:

@@ -181,26 +181,6 @@ class AdaptiveController(Controller):
         self._states = {name: _ConceptState() for name in self.concepts}
         self._plans: dict[str, tuple[int, _Plan]] = {}
 
-    def options(self) -> dict:
-        return {
-            "alpha": self.alpha,
-            "n_min": self.n_min,
-            "n_max_batch": self.n_max_batch,
-            "batch_multiple": self.batch_multiple,
-            "initial_step": self.initial_step,
-            "growth": self.growth,
-            "max_abs_weight": self.max_abs_weight,
-            "max_iterations": self.max_iterations,
-            "initial_alpha_share": self.initial_alpha_share,
-            "prior_scale": self.prior_scale,
-            "aim_error": self.aim_error,
-            "misfit_z": self.misfit_z,
-            "first_batch_share": self.first_batch_share,
-            "candidate_miss": self.candidate_miss,
-            "first_batch_max": self.first_batch_max,
-            "cross_penalty": self.cross_penalty,
-        }
-
     # ------------------------------------------------------------------------------ statistics
 
     def _prior(self, concept: str) -> tuple[np.ndarray, np.ndarray]:

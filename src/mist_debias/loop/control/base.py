@@ -33,6 +33,7 @@ killed run resumes. ``propose`` never changes the state, so calling it twice giv
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -270,8 +271,10 @@ class Controller(ABC):
     # ----------------------------------------------------------------- configuration and replay
 
     def options(self) -> dict[str, Any]:
-        """The controller-specific settings (constructor keyword arguments)."""
-        return {}
+        """The controller-specific settings: every constructor argument after ``concepts`` and ``budget``, read
+        back from the attribute of the same name (a subclass stores each one under its own name)."""
+        names = list(inspect.signature(type(self).__init__).parameters)[3:]
+        return {name: getattr(self, name) for name in names}
 
     def to_dict(self) -> dict:
         """The full configuration: with the observation log it determines the controller's state."""
@@ -372,6 +375,21 @@ class Controller(ABC):
         )
         self._record(obs)
         self.observations.append(obs)
+
+    def observe_labels(self, proposal: Proposal, labels: Sequence[int], measures_kept: bool = True) -> None:
+        """Record the images made for ``proposal`` from their labels (:func:`encode_labels`, in its seed order);
+        ``measures_kept``: whether the classifier tells if an image still shows the concept."""
+        counts, n_invalid, kept = decode_labels(labels, self.concepts[proposal.concept].num_cells)
+        self.observe(
+            proposal.concept,
+            proposal.weights,
+            counts,
+            n_invalid,
+            kept if measures_kept else None,
+            proposal.seed_start,
+            proposal.seed_indices,
+            labels,
+        )
 
     def propose(self) -> list[Proposal]:
         """The next batch to generate for every unfinished concept ([] when all are finished).

@@ -55,9 +55,6 @@ class OfficialController(Controller):
         self.max_iterations = int(max_iterations)
         self._states = {name: _OfficialState(applied=np.zeros(c.num_cells)) for name, c in self.concepts.items()}
 
-    def options(self) -> dict:
-        return {"n_images": self.n_images, "step": self.step, "max_iterations": self.max_iterations}
-
     def _last_ratios(self, state: _OfficialState) -> np.ndarray | None:
         if state.last_counts is None or state.last_counts.sum() == 0:
             return None

@@ -238,24 +238,6 @@ class PanelController(Controller):
         self._states = {name: _State() for name in self.concepts}
         self._plans: dict[str, tuple[int, _Plan]] = {}
 
-    def options(self) -> dict:
-        return {
-            "alpha": self.alpha,
-            "first_look_share": self.first_look_share,
-            "look_chance": self.look_chance,
-            "block_size": self.block_size,
-            "max_blocks": self.max_blocks,
-            "min_look": self.min_look,
-            "max_look": self.max_look,
-            "batch_multiple": self.batch_multiple,
-            "initial_step": self.initial_step,
-            "growth": self.growth,
-            "max_abs_weight": self.max_abs_weight,
-            "max_iterations": self.max_iterations,
-            "cross_penalty": self.cross_penalty,
-            "kept_floor": self.kept_floor,
-        }
-
     # ------------------------------------------------------------------------------- the panel
 
     def _block(self, concept: str, index: int) -> tuple[int, int]:

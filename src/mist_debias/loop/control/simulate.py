@@ -36,7 +36,7 @@ from functools import cached_property
 import numpy as np
 from scipy import special
 
-from mist_debias.loop.control.base import Controller, decode_labels, encode_labels
+from mist_debias.loop.control.base import Controller, encode_labels
 
 
 def plant_logits(offsets: np.ndarray, gain: np.ndarray, saturation: float | None, weights) -> np.ndarray:
@@ -243,18 +243,7 @@ def simulate(
                     seeds = range(start, start + proposal.n_images)
                     loop_seeds[proposal.concept] += proposal.n_images
                 cells, shows = plant.classify(effective, np.asarray(seeds))
-                labels = encode_labels(cells, shows, plant.num_cells)
-                counts, n_invalid, kept = decode_labels(labels, plant.num_cells)
-                controller.observe(
-                    proposal.concept,
-                    proposal.weights,
-                    counts,
-                    n_invalid,
-                    kept,
-                    proposal.seed_start,
-                    seed_indices=proposal.seed_indices,
-                    labels=labels,
-                )
+                controller.observe_labels(proposal, encode_labels(cells, shows, plant.num_cells))
             else:
                 counts, n_invalid = plant.sample(effective, proposal.n_images, rng)
                 controller.observe(proposal.concept, proposal.weights, counts, n_invalid)
