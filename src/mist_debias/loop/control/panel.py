@@ -44,7 +44,7 @@ Seeds measured before are not generated again where their cell can be inferred
 at every convex combination of them, so a panel block at a weight between searched ones costs only the
 seeds whose cell may differ; a block of which at most half must be generated joins every search there. An
 aim the model predicts less than one panel image away from a searched weight (every ratio within 1/N for a
-panel of N seeds) is that weight.
+panel of N seeds), or within 0.5% of it, is that weight.
 Inferred cells only feed the search; certificates use fresh seeds, each generated.
 
 Honesty: the i-th certification weight of a concept may spend ``β_i = α s (1 − s)^(i−1)`` over its looks
@@ -93,6 +93,7 @@ from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wi
 FRESH_SEED_START = 1_000_000
 _EVIDENCE_SHARE = 0.25  # an unconverged run reports a weight with ≥ this share of the best-measured one's images
 _CHEAP_SHARE = 0.5  # a panel block is completed at a searched weight when at most this share must be generated
+_SNAP_SHARE = 0.005  # an aim within this share of a searched weight's size is that weight
 _BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval excludes the target
 
 
@@ -211,7 +212,7 @@ class PanelController(Controller):
         growth: float = 4.0,
         max_abs_weight: float = 100.0,
         max_iterations: int = 200,
-        cross_penalty: float = 10.0,
+        cross_penalty: float = 1.0,
         kept_floor: float = 0.95,
     ) -> None:
         super().__init__(concepts, budget)
@@ -400,12 +401,17 @@ class PanelController(Controller):
         lost_limited = bool(np.max(np.abs(weights)) >= edge)
         if lost_limited:
             weights = weights * (0.9 * edge / np.max(np.abs(weights)))
-        # An aim predicted less than one panel image from a searched weight is that weight (its seeds are known).
+        # An aim predicted less than one panel image from a searched weight, or within 0.5% of it, is that weight
+        # (its seeds are known there).
         predicted = model.ratios(weights)
         gaps = [float(np.max(np.abs(model.ratios(p.weights) - predicted))) for p in state.points]
+        moves = [
+            float(np.max(np.abs(p.weights - weights)) / max(np.max(np.abs(p.weights)), 1e-12)) for p in state.points
+        ]
         panel = sum(self._block(concept, i)[1] for i in range(self._blocks_used(state)))
-        if min(gaps) < 1.0 / panel:
-            weights = state.points[int(np.argmin(gaps))].weights.copy()
+        nearest = int(np.argmin(gaps))
+        if gaps[nearest] < 1.0 / panel or min(moves) < _SNAP_SHARE:
+            weights = state.points[nearest if gaps[nearest] < 1.0 / panel else int(np.argmin(moves))].weights.copy()
         return weights, limited, lost_limited
 
     def _spread(self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0) -> np.ndarray:
