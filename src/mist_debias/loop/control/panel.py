@@ -42,7 +42,7 @@ Each concept runs this loop:
 Seeds measured before are not generated again where their cell can be inferred
 (:mod:`~mist_debias.loop.control.infer`): a seed that fell in cell j at several searched weights does so
 at every convex combination of them, so a panel block at a weight between searched ones costs only the
-seeds whose cell may differ; a block of which at most half must be generated joins every search there. An
+seeds whose cell may differ; a block of which at most 80% must be generated joins every search there. An
 aim the model predicts less than one panel image away from a searched weight (every ratio within 1/N for a
 panel of N seeds), or within 0.5% of it, is that weight.
 Inferred cells only feed the search; certificates use fresh seeds, each generated.
@@ -92,7 +92,7 @@ from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wi
 
 FRESH_SEED_START = 1_000_000
 _EVIDENCE_SHARE = 0.25  # an unconverged run reports a weight with ≥ this share of the best-measured one's images
-_CHEAP_SHARE = 0.5  # a panel block is completed at a searched weight when at most this share must be generated
+_CHEAP_SHARE = 0.8  # a panel block is completed at a searched weight when at most this share must be generated
 _SNAP_SHARE = 0.005  # an aim within this share of a searched weight's size is that weight
 _BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval excludes the target
 
@@ -112,6 +112,11 @@ class _Batch:
         return int(self.counts.sum())
 
 
+def _batch(labels: Sequence[int], num_cells: int, kept_known: bool) -> _Batch:
+    counts, n_invalid, kept = decode_labels(labels, num_cells)
+    return _Batch(counts, n_invalid, kept if kept_known else None)
+
+
 def _pool(batches: Sequence[_Batch]) -> _Batch:
     counts = np.sum([b.counts for b in batches], axis=0)
     kept = None if any(b.kept is None for b in batches) else sum(b.kept for b in batches)
@@ -126,10 +131,18 @@ class _Point:
     weights: np.ndarray
     blocks: dict[int, _Batch] = field(default_factory=dict)
     labels: dict[int, int] = field(default_factory=dict)
+    generated: set[int] = field(default_factory=set)
+    kept_known: bool = True
 
     def pooled(self, indices=None) -> _Batch:
         chosen = sorted(self.blocks) if indices is None else sorted(indices)
         return _pool([self.blocks[i] for i in chosen])
+
+    def measured(self, num_cells: int) -> _Batch:
+        """The images generated here (inferred labels left out; all blocks where labels are not known)."""
+        if not self.generated:
+            return self.pooled()
+        return _batch([self.labels[seed] for seed in sorted(self.generated)], num_cells, self.kept_known)
 
 
 @dataclass
@@ -324,9 +337,12 @@ class PanelController(Controller):
                 best = i
         return best
 
-    def _measured(self, state: _State) -> list[tuple[np.ndarray, _Batch]]:
-        """Every measured weight with all its images (panel or fresh)."""
-        return [(p.weights, p.pooled()) for p in state.points] + [(s.weights, s.pooled) for s in state.sites]
+    def _measured(self, state: _State, generated: bool = False) -> list[tuple[np.ndarray, _Batch]]:
+        """Every measured weight with all its images (panel or fresh): the panel's complete blocks, inferred labels
+        included, or with ``generated`` only the images generated there (what a report may rest on)."""
+        num_cells = len(state.points[0].weights) if state.points else 0
+        points = [(p.weights, p.measured(num_cells) if generated else p.pooled()) for p in state.points]
+        return points + [(s.weights, s.pooled) for s in state.sites]
 
     def _lost_magnitude(self, state: _State) -> float:
         """The smallest ``max_j |w_j|`` measured where the concept is surely lost (inf if none)."""
@@ -498,7 +514,7 @@ class PanelController(Controller):
 
     def _search(self, concept: str, weights: np.ndarray, grow: bool) -> _Plan:
         """Measure the panel at ``weights``: block 0 (or, with ``grow`` or when block 0 is done there, the next new
-        block), and with it every other block used so far of which at most half the seeds must be generated
+        block), and with it every other block used so far of which at most 80% of the seeds must be generated
         (the rest inferred, :mod:`~mist_debias.loop.control.infer`). Only seeds whose labels cannot be inferred
         are generated; when that leaves nothing, the block with the fewest seeds to generate joins (the next new
         block at the latest)."""
@@ -629,7 +645,7 @@ class PanelController(Controller):
             if obs.labels is None:
                 completed = {self._block_index(obs.concept, seed_start, obs.n_images): batch}
             else:
-                completed = self._label(obs.concept, point, obs.seeds(), obs.labels)
+                completed = self._label(obs.concept, point, obs.seeds(), obs.labels, obs.kept is not None)
             if not completed or any(index in point.blocks for index in completed):
                 raise ValueError(f"concept {obs.concept!r}: these panel seeds were already measured here")
             centre = state.points[self._centre(obs.concept)] if found is None and state.points else None
@@ -644,7 +660,9 @@ class PanelController(Controller):
         state.iterations += 1
         state.last = batch
 
-    def _label(self, concept: str, point: _Point, seeds: Sequence[int], labels: Sequence[int]) -> dict[int, _Batch]:
+    def _label(
+        self, concept: str, point: _Point, seeds: Sequence[int], labels: Sequence[int], kept_known: bool
+    ) -> dict[int, _Batch]:
         """Add measured ``labels`` of panel ``seeds`` at ``point`` (and every label inferable there) and return
         the panel blocks this completes, with their counts."""
         state = self._states[concept]
@@ -667,9 +685,10 @@ class PanelController(Controller):
                 return {}
             measured.update(zip(missing, (int(x) for x in inferred), strict=True))
             codes = [measured.get(seed, point.labels.get(seed)) for seed in self._block_seeds(concept, index)]
-            counts, n_invalid, kept = decode_labels(codes, num_cells)
-            completed[index] = _Batch(counts, n_invalid, kept)
+            completed[index] = _batch(codes, num_cells, kept_known)
         point.labels.update(measured)
+        point.generated.update(int(seed) for seed in seeds)
+        point.kept_known = point.kept_known and kept_known
         return completed
 
     def _update_radius(self, concept: str, centre: _Point, point: _Point, model: LogitLinearResponse | None) -> None:
@@ -735,7 +754,7 @@ class PanelController(Controller):
             site = state.sites[state.certified]
             return site.weights, site.pooled
         groups: list[tuple[np.ndarray, list[_Batch]]] = []
-        for weights, batch in self._measured(state):
+        for weights, batch in self._measured(state, generated=True):
             group = next((g for g in groups if _same_weights(g[0], weights)), None)
             if group is None:
                 groups.append((weights, [batch]))
