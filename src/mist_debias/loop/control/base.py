@@ -97,6 +97,13 @@ def decode_labels(labels, num_cells: int) -> tuple[np.ndarray, int, int]:
     return np.bincount(cells, minlength=num_cells), int((~valid).sum()), int(np.sum(labels[valid] < num_cells))
 
 
+def _named_seeds(seed_indices: tuple[int, ...] | None, seed_start: int | None, n_images: int) -> Sequence[int] | None:
+    """The listed seeds, else the range of ``n_images`` from ``seed_start``, else None (none named)."""
+    if seed_indices is not None:
+        return seed_indices
+    return None if seed_start is None else range(seed_start, seed_start + n_images)
+
+
 @dataclass(frozen=True)
 class Proposal:
     """Generate ``n_images`` of ``concept`` with the edit given by ``weights`` (length K) and ``mode``.
@@ -122,9 +129,7 @@ class Proposal:
 
     def seeds(self) -> Sequence[int] | None:
         """The named seed indices, or None."""
-        if self.seed_indices is not None:
-            return self.seed_indices
-        return None if self.seed_start is None else range(self.seed_start, self.seed_start + self.n_images)
+        return _named_seeds(self.seed_indices, self.seed_start, self.n_images)
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,7 @@ class Observation:
 
     def seeds(self) -> Sequence[int] | None:
         """The named seed indices, or None."""
-        if self.seed_indices is not None:
-            return self.seed_indices
-        return None if self.seed_start is None else range(self.seed_start, self.seed_start + self.n_images)
+        return _named_seeds(self.seed_indices, self.seed_start, self.n_images)
 
     @property
     def n_images(self) -> int:

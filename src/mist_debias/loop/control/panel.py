@@ -138,11 +138,11 @@ class _Point:
         chosen = sorted(self.blocks) if indices is None else sorted(indices)
         return _pool([self.blocks[i] for i in chosen])
 
-    def measured(self, num_cells: int) -> _Batch:
+    def measured(self) -> _Batch:
         """The images generated here (inferred labels left out; all blocks where labels are not known)."""
         if not self.generated:
             return self.pooled()
-        return _batch([self.labels[seed] for seed in sorted(self.generated)], num_cells, self.kept_known)
+        return _batch([self.labels[seed] for seed in sorted(self.generated)], len(self.weights), self.kept_known)
 
 
 @dataclass
@@ -173,7 +173,6 @@ class _State:
     sites: list[_Site] = field(default_factory=list)
     radius: float | None = None
     fresh_used: int = 0
-    looks: int = 0
     iterations: int = 0
     certified: int | None = None
     last: _Batch | None = None
@@ -340,8 +339,7 @@ class PanelController(Controller):
     def _measured(self, state: _State, generated: bool = False) -> list[tuple[np.ndarray, _Batch]]:
         """Every measured weight with all its images (panel or fresh): the panel's complete blocks, inferred labels
         included, or with ``generated`` only the images generated there (what a report may rest on)."""
-        num_cells = len(state.points[0].weights) if state.points else 0
-        points = [(p.weights, p.measured(num_cells) if generated else p.pooled()) for p in state.points]
+        points = [(p.weights, p.measured() if generated else p.pooled()) for p in state.points]
         return points + [(s.weights, s.pooled) for s in state.sites]
 
     def _lost_magnitude(self, state: _State) -> float:
@@ -524,13 +522,18 @@ class PanelController(Controller):
         done = set() if point is None else set(point.blocks)
         used = self._blocks_used(state)
         primary = used if grow or 0 in done else 0
-        unknown: dict[int, list[int]] = {}
-        for index in range(used + 1):
-            if index in done or index >= self.max_blocks:
-                continue
-            seeds = [seed for seed in self._block_seeds(concept, index) if point is None or seed not in point.labels]
-            known = self._inferred(state, seeds, weights, num_cells)
-            unknown[index] = [seed for seed, label in zip(seeds, known, strict=True) if label == UNKNOWN]
+        candidates = {
+            index: [seed for seed in self._block_seeds(concept, index) if point is None or seed not in point.labels]
+            for index in range(min(used + 1, self.max_blocks))
+            if index not in done
+        }
+        seeds = [seed for block in candidates.values() for seed in block]
+        missing = {
+            seed
+            for seed, label in zip(seeds, self._inferred(state, seeds, weights, num_cells), strict=True)
+            if label == UNKNOWN
+        }
+        unknown = {index: [seed for seed in block if seed in missing] for index, block in candidates.items()}
         chosen = [i for i in unknown if i == primary or len(unknown[i]) <= _CHEAP_SHARE * self._block(concept, i)[1]]
         while not any(unknown[i] for i in chosen):
             rest = [i for i in unknown if i not in chosen]
@@ -629,7 +632,6 @@ class PanelController(Controller):
                 state.sites.append(site)
             site.batches.append(batch)
             site.alphas.append(alpha)
-            state.looks += 1
             pooled = site.pooled
             passed, site.lower, site.upper = certifies_sequentially(
                 [b.counts for b in site.batches], spec.target_array, spec.tolerance, site.alphas
