@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -33,7 +34,9 @@ def benchmark_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
     Two cells from 85/15 at weight scales where the official step 0.1 is about right, too weak, far too weak
     or far too strong; a saturating response; eight cells with cross-talk; the CEO's steepness (0.25 in weight
     moves a batch from 27/19/9/5 to 1/10/18/19) with four and twelve cells, undecodable images beyond
-    |w| = 5 and the concept fading for large edits; non-uniform targets.
+    |w| = 5 and the concept fading for large edits; cells that are products of axes (gender × age,
+    gender × race × age) under an edit that moves each axis and not their interaction, as on the world,
+    with the controller told the cells' coupling or not; non-uniform targets.
     """
     start = np.array([0.85, 0.15])
     half = (0.5, 0.5)
@@ -41,6 +44,9 @@ def benchmark_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
     ceo4 = np.array([0.45, 0.33, 0.14, 0.08])
     ceo12 = np.array([0.22, 0.16, 0.12, 0.09, 0.08, 0.07, 0.06, 0.06, 0.05, 0.04, 0.03, 0.02])
     steep = {"cross": 0.3, "invalid_rate": 0.05, "decodable_limit": 5.0, "loss_radius": 10.0}
+    edges = {"invalid_rate": 0.05, "decodable_limit": 5.0, "loss_radius": 10.0}
+    gender_age = SeededPlant.from_axes([(0.8, 0.2), (0.3, 0.7)], 8.0, **edges)
+    gender_race_age = SeededPlant.from_axes([(0.8, 0.2), (0.6, 0.25, 0.15), (0.3, 0.7)], 8.0, **edges)
     return {
         "K2 easy (scale 12)": (SeededPlant.from_ratios(start, 12.0), half, 20000),
         "K2 moderate (scale 3)": (SeededPlant.from_ratios(start, 3.0), half, 20000),
@@ -54,6 +60,10 @@ def benchmark_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
         ),
         "K4 CEO-steep": (SeededPlant.from_ratios(ceo4, 8.0, seed=5, **steep), tuple(np.full(4, 1 / 4)), 8000),
         "K12 CEO-steep": (SeededPlant.from_ratios(ceo12, 8.0, seed=6, **steep), tuple(np.full(12, 1 / 12)), 12000),
+        "K4 axes, coupling known": (gender_age, tuple(np.full(4, 1 / 4)), 8000),
+        "K4 axes, coupling unknown": (replace(gender_age, coupling=None), tuple(np.full(4, 1 / 4)), 8000),
+        "K12 axes, coupling known": (gender_race_age, tuple(np.full(12, 1 / 12)), 12000),
+        "K12 axes, coupling unknown": (replace(gender_race_age, coupling=None), tuple(np.full(12, 1 / 12)), 12000),
         "K2 target 30/70": (SeededPlant.from_ratios(start, 3.0), (0.3, 0.7), 20000),
         "K4 target 40/30/20/10": (
             SeededPlant.from_ratios(ceo4[::-1], 8.0, seed=5, **steep),
@@ -97,7 +107,9 @@ def certificate_floor(target: float, tolerance: float = 0.05, alpha: float = 0.0
 
 
 def run(controller_name: str, plant: SeededPlant, target, replicate: int, budget: int) -> dict:
-    concept = ConceptTarget("concept", target)
+    concept = ConceptTarget(
+        "concept", target, coupling=None if plant.coupling is None else tuple(map(tuple, plant.coupling))
+    )
     controller = CONTROLLERS[controller_name]([concept], budget=budget)
     population = plant.with_noise_seed(replicate)
     result = simulate(controller, {"concept": population}, seed=replicate)

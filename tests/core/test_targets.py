@@ -219,3 +219,49 @@ def test_production_solve_equals_an_independent_dense_solve(sd1_pipe):
         torch.testing.assert_close(edited, dense, rtol=1e-9, atol=1e-9)
         assert ((edited @ a - rhs).abs().max() / rhs.abs().max()).item() < 1e-10
         assert torch.linalg.matrix_rank(edited - w, rtol=1e-9).item() == 3
+
+
+def test_coupling_is_the_correlation_of_each_attributes_push_on_every_layer(sd1_pipe):
+    """C_jk = ⟨δ_j, δ_k⟩ / (‖δ_j‖ ‖δ_k‖), δ_j = ‖W c‖ W g_j / ‖W g_j‖ stacked over layers (MIST, EOS keys)."""
+    encoder = PromptEncoder(sd1_pipe)
+    cells = ("a photo of a young man", "a photo of an old man", "a photo of a young woman", "a photo of an old woman")
+    problem = EditProblem(
+        encoder, [ConceptPrompts("a photo of a doctor", GENDER), ConceptPrompts("a photo of a CEO", cells)]
+    )
+    weights = current_weights(sd1_pipe)
+    c = eos_state(encoder, "a photo of a CEO")
+    g = [eos_state(encoder, prompt) for prompt in cells]
+    pushes = []
+    for gj in g:
+        pushes.append(
+            torch.cat(
+                [(w.double() @ c).norm() * (w.double() @ gj) / (w.double() @ gj).norm() for w in weights.values()]
+            )
+        )
+    deltas = torch.stack(pushes, dim=1)
+    gram = deltas.T @ deltas
+    expected = gram / torch.outer(gram.diagonal().sqrt(), gram.diagonal().sqrt())
+    coupling = problem.coupling(weights, 1)
+    assert coupling.shape == (4, 4)
+    torch.testing.assert_close(torch.from_numpy(coupling), expected, rtol=1e-5, atol=1e-5)
+    assert problem.coupling(weights, 0).shape == (2, 2)
+
+
+def test_uce_coupling_predicts_the_size_of_every_edit(sd1_pipe):
+    """UCE's targets are linear in the weights: ‖V*(w) − V*(0)‖² = wᵀ D C D w with D = diag ‖δ_j‖."""
+    encoder = PromptEncoder(sd1_pipe)
+    problem = EditProblem(encoder, [ConceptPrompts("a photo of a doctor", GENDER)], method="uce")
+    weights = current_weights(sd1_pipe)
+    coupling = torch.from_numpy(problem.coupling(weights, 0))
+
+    def change(w):
+        return torch.cat(
+            [(problem.targets(v, [w]) - problem.targets(v, [[0.0, 0.0]])).flatten() for v in weights.values()]
+        )
+
+    sizes = torch.stack([change([1.0, 0.0]).norm(), change([0.0, 1.0]).norm()])
+    w = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    expected = (w * sizes) @ coupling @ (w * sizes)
+    torch.testing.assert_close(change(w.tolist()).norm() ** 2, expected, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(coupling, coupling.T)
+    torch.testing.assert_close(coupling.diagonal(), torch.ones(2, dtype=torch.float64))

@@ -62,6 +62,12 @@ def test_adaptive_run_writes_log_summary_and_a_loadable_edit(sd1_dir, tiny_clip_
     assert edit.info["concepts"][0]["attributes"] == ["a photo of a man", "a photo of a woman"]
     pipe = load_pipeline(sd1_dir, device="cpu")
     edit.apply(pipe).revert()  # the fingerprint matches the original model
+    # the controller knows each concept's coupling, computed from the original weights
+    original = {p.name: p.module.weight.detach() for p in find_cross_attention_projections(pipe.unet)}
+    for index, name in enumerate(["doctor", "nurse"]):
+        coupling = run.controller.concepts[name].coupling_array
+        np.testing.assert_allclose(coupling, run.problem.coupling(original, index), atol=1e-12)
+        assert coupling.shape == (2, 2) and coupling[0, 1] < 1.0
 
 
 def test_official_run_compounds_and_replays_exactly(sd1_dir, tiny_clip_dir, tmp_path):

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from mist_debias.core.choices import KEY_SETS, METHODS, KeySet, Method, MistForm
@@ -216,6 +217,36 @@ class EditProblem:
     def targets(self, weight: torch.Tensor, concept_weights: Sequence[Sequence[float]]) -> torch.Tensor:
         """``V*`` (m × k, float64, CPU) of one projection for per-concept attribute weights."""
         return self._targets(cpu_float64(weight) @ self.bank, self.key_weights(concept_weights))
+
+    def coupling(self, weights: Mapping[str, torch.Tensor], concept: int, step: float = 1e-3) -> np.ndarray:
+        """How alike the edits toward concept ``concept``'s attributes are: the J×J correlation matrix
+
+            C_jk = ⟨δ_j, δ_k⟩ / (‖δ_j‖ ‖δ_k‖),     δ_j = ∂V*/∂w_j at w = 0,
+
+        with ``δ_j`` the change of every layer's target values (the concept's keys, all layers in ``weights``
+        stacked) per unit weight on attribute j (for MIST ``‖W c‖ W g_j / ‖W g_j‖``, for UCE ``W g_j``, for TIME
+        ``W g_j − W c``; taken by a forward difference of size ``step``, exact for every form but MIST's
+        running one). A weight vector ``w`` moves the targets by ``Σ_j w_j δ_j``, whose squared size is
+        ``wᵀ D C D w`` (D = diag ‖δ_j‖): directions in which C is nearly singular barely change the edit. With
+        attributes that are products of axes (gender × age …) and embeddings that add up axis by axis, the
+        interactions between axes are such directions — the edit moves each axis, not how the axes go together.
+        """
+        zero = [[0.0] * len(c.attributes) for c in self.concepts]
+        moved = []
+        for j in range(len(self.concepts[concept].attributes)):
+            weights_j = [list(row) for row in zero]
+            weights_j[concept][j] = step
+            moved.append(self.key_weights(weights_j))
+        columns: list[list[torch.Tensor]] = [[] for _ in moved]
+        for weight in weights.values():
+            projected = cpu_float64(weight) @ self.bank
+            base = self._targets(projected, self.key_weights(zero))
+            for column, key_weights in zip(columns, moved, strict=True):
+                column.append(((self._targets(projected, key_weights) - base) / step).flatten())
+        deltas = torch.stack([torch.cat(column) for column in columns], dim=1)
+        gram = (deltas.T @ deltas).numpy()
+        norms = np.sqrt(np.maximum(np.diag(gram), np.finfo(np.float64).tiny))
+        return gram / np.outer(norms, norms)
 
     def _mixing(self, key_weights: torch.Tensor) -> torch.Tensor:
         """``M`` (columns × k): ``M[b, i]`` is the total weight key i gives bank column b, so that

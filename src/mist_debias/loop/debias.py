@@ -105,9 +105,23 @@ class RunFolder:
         write_json(self.summary, summary)
 
 
-def build_controller(name: str, concepts: Sequence[DebiasConcept], tolerance: float, budget: int | None, options):
-    """A controller of ``name`` for the run's concepts; bad options raise :class:`MistError`."""
-    targets = [ConceptTarget(c.name, tuple(c.spec.target), tolerance) for c in concepts]
+def build_controller(
+    name: str,
+    concepts: Sequence[DebiasConcept],
+    tolerance: float,
+    budget: int | None,
+    options,
+    couplings: Sequence[np.ndarray] | None = None,
+):
+    """A controller of ``name`` for the run's concepts (with their cells' edit couplings, when given,
+    :meth:`~mist_debias.core.targets.EditProblem.coupling`); bad options raise :class:`MistError`."""
+    couplings = couplings if couplings is not None else [None] * len(concepts)
+    targets = [
+        ConceptTarget(
+            c.name, tuple(c.spec.target), tolerance, None if coupling is None else tuple(map(tuple, coupling))
+        )
+        for c, coupling in zip(concepts, couplings, strict=True)
+    ]
     try:
         return CONTROLLERS[name](targets, budget=budget, **dict(options))
     except (TypeError, ValueError) as error:

@@ -132,8 +132,10 @@ def prepare_run(
         hparams=config.edit.hyperparameters(),
         mist_form=config.edit.mist_form,
     )
+    original = {p.name: p.module.weight.detach() for p in projections}
+    couplings = [problem.coupling(original, i) for i in range(len(concepts))]
     controller = build_controller(
-        config.controller.name, concepts, config.tolerance, config.budget, config.controller.options
+        config.controller.name, concepts, config.tolerance, config.budget, config.controller.options, couplings
     )
     edit_info = {
         "base_model": model,

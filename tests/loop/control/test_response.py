@@ -1,8 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from mist_debias.loop.control.response import fit_response, zero_sum_basis
-from mist_debias.loop.control.simulate import SoftmaxPlant
+from mist_debias.loop.control.response import fit_response, push_direction, zero_sum_basis
+from mist_debias.loop.control.simulate import SeededPlant, SoftmaxPlant
 
 
 @pytest.mark.parametrize("num_cells", [2, 3, 8])
@@ -44,3 +46,47 @@ def test_saturated_batches_keep_a_finite_fit():
     model = fit_response(np.array([[0.0, 0.0], [1.0, -1.0]]), np.array([[15, 85], [64, 0]]))
     assert np.isfinite(model.gain) and model.gain > 0
     assert np.all(np.isfinite(model.solve([0.5, 0.5])))
+
+
+def test_a_coupled_plant_is_fitted_with_its_coupling_and_solved_without_its_null_directions():
+    """Cells that are products of two axes under an edit that moves each axis (gain s·C, C singular along the
+    interaction): the fit recovers s with C, the solution reaches a product target, and it never steps along
+    the interaction, which moves nothing."""
+    plant = SeededPlant.from_axes([(0.8, 0.2), (0.3, 0.7)], 2.0)
+    coupling = plant.coupling
+    interaction = np.array([1.0, -1.0, -1.0, 1.0]) / 2.0
+    np.testing.assert_allclose(coupling @ interaction, 0.0, atol=1e-12)
+    basis = zero_sum_basis(4)
+    rng = np.random.default_rng(1)
+    weights = np.stack([np.zeros(4)] + [basis @ rng.normal(size=3) for _ in range(6)])
+    counts = np.stack([1e6 * plant.ratios(w) for w in weights])
+    model = fit_response(weights, counts, coupling=coupling)
+    assert model.gain == pytest.approx(2.0, rel=2e-3)
+    np.testing.assert_allclose(model.ratios(weights[3] + 5.0 * interaction), plant.ratios(weights[3]), atol=1e-3)
+    solution = model.solve(np.full(4, 0.25))
+    np.testing.assert_allclose(plant.ratios(solution), 0.25, atol=2e-3)
+    assert abs(solution @ interaction) < 1e-6
+    direction = push_direction(np.full(4, 0.25) - plant.ratios(np.zeros(4)), coupling)
+    assert abs(direction @ interaction) < 1e-9 and direction.sum() == pytest.approx(0.0, abs=1e-12)
+    change = np.array([0.2, -0.1, -0.3, 0.2])
+    np.testing.assert_allclose(push_direction(change), change, atol=1e-12)  # no coupling: the change itself
+
+
+def test_solve_leaves_directions_that_barely_move_the_ratios_alone():
+    """A cross-effect that cancels 97% of the gain along one direction: the solution does not step along it
+    (it would need an enormous weight for a change the edit barely makes); without the cutoff it would."""
+    plant = SoftmaxPlant.from_ratios([0.5, 0.3, 0.2], 1.0)
+    basis = zero_sum_basis(3)
+    weights = np.stack([np.zeros(3), basis[:, 0], basis[:, 1], basis @ np.array([1.0, 1.0])])
+    counts = np.stack([1e6 * plant.ratios(w) for w in weights])
+    model = fit_response(weights, counts)
+    weak = replace(
+        model,
+        theta=np.concatenate(
+            [model.theta[:4], (-0.97 * model.theta[3] * np.outer(basis[:, 1], basis[:, 1]) @ basis).ravel()]
+        ),
+    )
+    solution = weak.solve(np.array([0.2, 0.3, 0.5]))
+    assert abs(solution @ basis[:, 1]) < 1e-6
+    assert np.max(np.abs(solution)) < 10.0
+    assert abs(weak.solve(np.array([0.2, 0.3, 0.5]), cutoff=1e-10) @ basis[:, 1]) > 10.0

@@ -2,7 +2,7 @@ import numpy as np
 from scipy import special
 
 from mist_debias.loop.control import ConceptTarget, OfficialController
-from mist_debias.loop.control.simulate import SoftmaxPlant, simulate
+from mist_debias.loop.control.simulate import SeededPlant, SoftmaxPlant, product_coupling, simulate
 
 
 def test_plant_ratios_follow_the_softmax_map():
@@ -78,3 +78,17 @@ def test_seeded_plant_loses_the_concept_for_large_edits():
     assert plant.kept_share([2.0, -2.0]) == np.exp(-1.0)
     counts, _, kept = plant.sample_seeds([2.0, -2.0], np.arange(20000))
     assert abs(kept / counts.sum() - np.exp(-1.0)) < 0.015
+
+
+def test_a_plant_of_product_cells_moves_each_axis_and_keeps_the_axes_independent():
+    """from_axes: unedited ratios are the product of the axes' ratios, C_jk is the share of axes cells j and k
+    agree on, and at any weight the joint stays the product of its marginals (the interaction out of reach)."""
+    plant = SeededPlant.from_axes([(0.8, 0.2), (0.6, 0.25, 0.15)], 3.0)
+    np.testing.assert_allclose(plant.ratios(np.zeros(6)), np.outer([0.8, 0.2], [0.6, 0.25, 0.15]).ravel())
+    assert plant.coupling[0, 0] == 1.0 and plant.coupling[0, 1] == 0.5 and plant.coupling[0, 4] == 0.0
+    np.testing.assert_array_equal(product_coupling([2, 3]), plant.coupling)
+    weights = np.random.default_rng(0).normal(size=6)
+    joint = plant.ratios(weights).reshape(2, 3)
+    np.testing.assert_allclose(joint, np.outer(joint.sum(axis=1), joint.sum(axis=0)), atol=1e-12)
+    assert not np.allclose(joint.sum(axis=1), [0.8, 0.2])
+    assert plant.with_noise_seed(3).coupling is plant.coupling

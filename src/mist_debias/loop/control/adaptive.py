@@ -51,7 +51,7 @@ import numpy as np
 from scipy import stats
 
 from mist_debias.loop.control.base import ConceptStatus, ConceptTarget, Controller, Observation, Proposal
-from mist_debias.loop.control.response import LogitLinearResponse, fit_response, zero_sum_basis
+from mist_debias.loop.control.response import LogitLinearResponse, fit_response, push_direction, zero_sum_basis
 from mist_debias.measure.metrics import (
     Distribution,
     confidence_sequence,
@@ -229,12 +229,12 @@ class AdaptiveController(Controller):
 
     # ----------------------------------------------------------------------------- the model
 
-    def _fit(self, state: _ConceptState) -> LogitLinearResponse | None:
+    def _fit(self, concept: str, state: _ConceptState) -> LogitLinearResponse | None:
         if len(state.records) < 2:
             return None
         weights = np.stack([r.weights for r in state.records])
         counts = np.stack([r.counts for r in state.records])
-        return fit_response(weights, counts, cross_penalty=self.cross_penalty)
+        return fit_response(weights, counts, cross_penalty=self.cross_penalty, coupling=self.concepts[concept].coupling)
 
     @staticmethod
     def _find(state: _ConceptState, weights: np.ndarray) -> int | None:
@@ -354,7 +354,7 @@ class AdaptiveController(Controller):
                 "initial",
             )
         current = state.records[state.current]
-        model = self._fit(state)
+        model = self._fit(concept, state)
         move_alpha = self._next_alpha(state)
         dwell_need = self._dwell_need(concept, current, model)
 
@@ -362,7 +362,7 @@ class AdaptiveController(Controller):
             blind_need = self._images_to_certify(concept, t + self.aim_error * eps, move_alpha)
             if dwell_need <= blind_need:
                 return _Plan(current.weights, self._round_batch(0.5 * dwell_need), current.alpha, "dwell")
-            direction = t - current.ratios
+            direction = push_direction(t - current.ratios, spec.coupling)
             if np.max(np.abs(direction)) < 1e-12:
                 direction = zero_sum_basis(spec.num_cells)[:, 0]
             weights = current.weights + self.initial_step * direction / np.max(np.abs(direction))

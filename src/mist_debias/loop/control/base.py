@@ -48,11 +48,14 @@ MODES = ("absolute", "increment")
 
 @dataclass(frozen=True)
 class ConceptTarget:
-    """One concept to balance: its name, the target distribution over its K cells and the tolerance ε."""
+    """One concept to balance: its name, the target distribution over its K cells, the tolerance ε and, when
+    known, the ``coupling`` of its cells' edit directions (K×K correlations,
+    :meth:`~mist_debias.core.targets.EditProblem.coupling`; the identity when not given)."""
 
     name: str
     target: tuple[float, ...]
     tolerance: float = 0.05
+    coupling: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         target = np.asarray(self.target, dtype=np.float64)
@@ -63,6 +66,13 @@ class ConceptTarget:
         if not 0.0 < self.tolerance < 0.5:
             raise ValueError(f"concept {self.name!r}: tolerance must lie in (0, 0.5), got {self.tolerance}")
         object.__setattr__(self, "target", tuple(float(x) for x in target))
+        if self.coupling is not None:
+            coupling = np.asarray(self.coupling, dtype=np.float64)
+            if coupling.shape != (len(target),) * 2 or not np.all(np.isfinite(coupling)):
+                raise ValueError(f"concept {self.name!r}: coupling must be a finite {len(target)}×{len(target)} matrix")
+            if not np.allclose(coupling, coupling.T, atol=1e-9) or np.linalg.eigvalsh(coupling)[0] < -1e-9:
+                raise ValueError(f"concept {self.name!r}: coupling must be symmetric positive semi-definite")
+            object.__setattr__(self, "coupling", tuple(tuple(float(x) for x in row) for row in coupling))
 
     @property
     def num_cells(self) -> int:
@@ -72,8 +82,16 @@ class ConceptTarget:
     def target_array(self) -> np.ndarray:
         return np.asarray(self.target, dtype=np.float64)
 
+    @property
+    def coupling_array(self) -> np.ndarray:
+        """The coupling (K×K), the identity when none was given."""
+        return np.eye(self.num_cells) if self.coupling is None else np.asarray(self.coupling, dtype=np.float64)
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "target": list(self.target), "tolerance": self.tolerance}
+        data = {"name": self.name, "target": list(self.target), "tolerance": self.tolerance}
+        if self.coupling is not None:
+            data["coupling"] = [list(row) for row in self.coupling]
+        return data
 
 
 def encode_labels(cells, kept=None, num_cells: int | None = None) -> tuple[int, ...]:

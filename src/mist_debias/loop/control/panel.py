@@ -87,7 +87,7 @@ from mist_debias.loop.control.certify import (
 )
 from mist_debias.loop.control.infer import UNKNOWN, infer_labels
 from mist_debias.loop.control.kept import surely_lost
-from mist_debias.loop.control.response import LogitLinearResponse, fit_response, zero_sum_basis
+from mist_debias.loop.control.response import LogitLinearResponse, fit_response, push_direction, zero_sum_basis
 from mist_debias.measure.metrics import Distribution, simultaneous_intervals, wilson_interval
 
 FRESH_SEED_START = 1_000_000
@@ -365,7 +365,11 @@ class PanelController(Controller):
             counts.append(site.pooled.counts)
             groups.append(-1)
         return fit_response(
-            np.stack(weights), np.stack(counts), cross_penalty=self.cross_penalty, groups=np.asarray(groups)
+            np.stack(weights),
+            np.stack(counts),
+            cross_penalty=self.cross_penalty,
+            groups=np.asarray(groups),
+            coupling=self.concepts[concept].coupling,
         )
 
     def _bracket(self, concept: str, weights: np.ndarray) -> np.ndarray:
@@ -552,7 +556,7 @@ class PanelController(Controller):
         model = self._fit(concept)
         if model is None:
             unedited = state.points[0].pooled()
-            direction = t - unedited.counts / max(unedited.n, 1)
+            direction = push_direction(t - unedited.counts / max(unedited.n, 1), spec.coupling)
             if np.max(np.abs(direction)) < 1e-12:
                 direction = zero_sum_basis(spec.num_cells)[:, 0]
             return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), grow=False)

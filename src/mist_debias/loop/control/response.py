@@ -2,12 +2,19 @@
 
 Model (multinomial logistic, linear in the weights)::
 
-    r(w) = softmax(a + s·w + E Qᵀ w),     s ≥ 0,
+    r(w) = softmax(a + s·C w + E Qᵀ w),     s ≥ 0,
 
 for zero-sum weight vectors w (Σ_j w_j = 0; see below). ``a`` are the unedited log-odds, ``s`` the common
-gain of "weight on cell j raises cell j" (the monotone part, constrained non-negative), and ``E`` (K×(K−1))
-the cross-effects of one attribute direction on the other cells. Q (K×(K−1)) is an orthonormal basis of
-the zero-sum subspace, so E acts only on the directions that matter.
+gain of "weight on cell j raises cell j" (the monotone part, constrained non-negative), C (K×K) the
+coupling of the cells' edit directions (:meth:`~mist_debias.core.targets.EditProblem.coupling`; the
+identity when unknown) and ``E`` (K×(K−1)) the cross-effects of one attribute direction on the other cells
+that C does not explain. Q (K×(K−1)) is an orthonormal basis of the zero-sum subspace, so E acts only on the
+directions that matter.
+
+The coupling carries what the edit's geometry says before any image exists: weight on "old woman" pushes the
+edit toward "old woman", and so, by ``C_jk``, toward "young woman" and "old man" too; a weight vector along
+which C is nearly singular (an interaction of two axes whose embeddings add up) barely changes the edit, so
+the model predicts it moves nothing, and :meth:`LogitLinearResponse.solve` never steps along it.
 
 Gauge: adding the same constant to every w_j still changes a MIST edit (each attribute direction adds to
 ``W c_s``), but it does not move the balance between cells to first order and the official loop never
@@ -48,14 +55,30 @@ def zero_sum_basis(num_cells: int) -> np.ndarray:
     return basis
 
 
-def _design(weights: np.ndarray, groups: np.ndarray | None = None, num_groups: int = 0) -> np.ndarray:
+def push_direction(change, coupling=None, cutoff: float = 0.1) -> np.ndarray:
+    """Zero-sum weights ``w = Q x`` whose push ``C w`` best matches a wanted ``change`` of the ratios: the
+    minimum-norm least-squares solution of ``Qᵀ C Q x = Qᵀ change`` over directions whose singular value is at
+    least ``cutoff`` times the largest (without a coupling: ``change`` itself, made zero-sum). The first
+    step of a controller that knows nothing yet but the edit's geometry."""
+    change = np.asarray(change, dtype=np.float64)
+    basis = zero_sum_basis(len(change))
+    if coupling is None:
+        return basis @ (basis.T @ change)
+    matrix = basis.T @ np.asarray(coupling, dtype=np.float64) @ basis
+    return basis @ np.linalg.lstsq(matrix, basis.T @ change, rcond=cutoff)[0]
+
+
+def _design(
+    weights: np.ndarray, groups: np.ndarray | None = None, num_groups: int = 0, coupling: np.ndarray | None = None
+) -> np.ndarray:
     """Jacobians (M×K×P) of the logits with respect to θ = (a, s, vec(E), δ_1 … δ_G) at each weight row
-    (row m in group ``groups[m]``, −1 for none)."""
+    (row m in group ``groups[m]``, −1 for none); the gain acts on ``C w`` (``w`` without a coupling)."""
     num_cells = weights.shape[1]
     eye = np.eye(num_cells)
     projected = weights @ zero_sum_basis(num_cells)
+    pushed = weights if coupling is None else weights @ coupling.T
     rows = []
-    for m, (w, x) in enumerate(zip(weights, projected, strict=True)):
+    for m, (w, x) in enumerate(zip(pushed, projected, strict=True)):
         offsets = np.zeros((num_cells, num_cells * num_groups))
         if groups is not None and groups[m] >= 0:
             offsets[:, num_cells * groups[m] : num_cells * (groups[m] + 1)] = eye
@@ -65,15 +88,17 @@ def _design(weights: np.ndarray, groups: np.ndarray | None = None, num_groups: i
 
 @dataclass(frozen=True)
 class LogitLinearResponse:
-    """``r(w) = softmax(a + s·w + E Qᵀ w)`` for zero-sum w.
+    """``r(w) = softmax(a + s·C w + E Qᵀ w)`` for zero-sum w.
 
     Stored as ``theta = (a, s, vec(E))`` for weights measured in units of ``unit`` (the RMS norm of the
-    fitted weights), with ``covariance`` the inverse penalised Hessian of θ.
+    fitted weights), with ``covariance`` the inverse penalised Hessian of θ and ``coupling`` C (None: the
+    identity).
     """
 
     theta: np.ndarray
     unit: float
     covariance: np.ndarray
+    coupling: np.ndarray | None = None
 
     @property
     def num_cells(self) -> int:
@@ -95,27 +120,33 @@ class LogitLinearResponse:
 
     def ratios(self, weights) -> np.ndarray:
         """Predicted ratios r(w)."""
-        design = _design(np.atleast_2d(np.asarray(weights, dtype=np.float64)) / self.unit)[0]
-        return special.softmax(design @ self.theta)
+        return special.softmax(self._design(weights) @ self.theta)
+
+    def _design(self, weights) -> np.ndarray:
+        return _design(np.atleast_2d(np.asarray(weights, dtype=np.float64)) / self.unit, coupling=self.coupling)[0]
 
     def ratio_errors(self, weights) -> np.ndarray:
         """Delta-method standard errors of the predicted ratios: sqrt(diag(G Σ Gᵀ)), G = ∂r/∂θ."""
-        design = _design(np.atleast_2d(np.asarray(weights, dtype=np.float64)) / self.unit)[0]
+        design = self._design(weights)
         r = special.softmax(design @ self.theta)
         grad = (np.diag(r) - np.outer(r, r)) @ design
         return np.sqrt(np.maximum(np.einsum("kp,pq,kq->k", grad, self.covariance, grad), 0.0))
 
-    def solve(self, target, floor: float = 1e-4) -> np.ndarray:
+    def solve(self, target, floor: float = 1e-4, cutoff: float = 0.1) -> np.ndarray:
         """Zero-sum weights w with r(w) = target (least squares in centred log-ratio coordinates).
 
-        Solves ``Qᵀ(s Q + E) x = Qᵀ(log t − a)`` and returns ``w = Q x``; target entries below ``floor``
-        are raised to it (log 0 has no solution).
+        Solves ``Qᵀ(s C Q + E) x = Qᵀ(log t − a)`` by its singular value decomposition and returns ``w = Q x``:
+        the minimum-norm solution among directions whose singular value is at least ``cutoff`` times the
+        largest — a weight direction that moves the ratios less than that is not used (the part of the target
+        it would be needed for is out of the edit's reach). Target entries below ``floor`` are raised to it
+        (log 0 has no solution).
         """
         basis = zero_sum_basis(self.num_cells)
+        coupling = np.eye(self.num_cells) if self.coupling is None else self.coupling
         log_target = np.log(np.maximum(np.asarray(target, dtype=np.float64), floor))
-        matrix = self.gain * np.eye(self.num_cells - 1) + basis.T @ self.cross
+        matrix = basis.T @ (self.gain * coupling @ basis + self.cross)
         rhs = basis.T @ (log_target - self.offsets)
-        x = np.linalg.lstsq(matrix, rhs, rcond=1e-10)[0]
+        x = np.linalg.lstsq(matrix, rhs, rcond=cutoff)[0]
         return basis @ x
 
 
@@ -128,6 +159,7 @@ def fit_response(
     offset_penalty: float = 1e-4,
     max_iter: int = 100,
     groups=None,
+    coupling=None,
 ) -> LogitLinearResponse:
     """Fit :class:`LogitLinearResponse` to per-weight pooled counts (rows of ``weights`` and ``counts``).
 
@@ -144,7 +176,8 @@ def fit_response(
     exact Hessian from a fixed start; if the unconstrained optimum has s < 0 the gain is fixed at 0 and
     the rest re-solved (for a convex objective that is the constrained optimum). ``groups`` (one integer per
     row, −1 for none) adds the shared offsets described in the module docstring; the returned response and
-    its covariance are the population's (δ = 0), the offsets' uncertainty marginalised in.
+    its covariance are the population's (δ = 0), the offsets' uncertainty marginalised in. ``coupling`` is C
+    (None: the identity).
     """
     c = np.asarray(counts, dtype=np.float64) + pseudo_count
     num_cells = c.shape[1]
@@ -152,7 +185,8 @@ def fit_response(
     unit = float(np.sqrt(max(float(np.mean(np.sum(raw**2, axis=1))), 1e-24)))
     group_index = None if groups is None else np.asarray(groups, dtype=np.int64)
     num_groups = 0 if group_index is None else int(group_index.max(initial=-1)) + 1
-    jacobians = _design(raw / unit, group_index, num_groups)
+    coupling = None if coupling is None else np.asarray(coupling, dtype=np.float64)
+    jacobians = _design(raw / unit, group_index, num_groups, coupling)
     totals = c.sum(axis=1)
     transposed = jacobians.transpose(0, 2, 1)
     eye = np.eye(num_cells)
@@ -208,4 +242,4 @@ def fit_response(
         theta, probs = newton(everything[everything != num_cells])
     _, hessian = derivatives(theta, probs)
     covariance = np.linalg.inv(hessian)[:num_base, :num_base]
-    return LogitLinearResponse(theta[:num_base], unit, covariance)
+    return LogitLinearResponse(theta[:num_base], unit, covariance, coupling)

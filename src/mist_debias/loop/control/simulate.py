@@ -30,6 +30,8 @@ and falling steeply as edits grow (95% of the unedited share at ``max_j |w_j| �
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -98,12 +100,20 @@ _SEED_BLOCK = 4096
 _LOSS_SHAPE = 4.0
 
 
+def product_coupling(axis_sizes: Sequence[int]) -> np.ndarray:
+    """``C_jk`` = the share of axes on which cells j and k agree (cells row-major over the axes): the
+    correlations of cell directions that are sums of one unit direction per axis value, the same length each."""
+    cells = np.array(list(itertools.product(*[range(size) for size in axis_sizes])))
+    return np.mean(cells[:, None, :] == cells[None, :, :], axis=2)
+
+
 @dataclass(frozen=True)
 class SeededPlant:
     """``cell_s(w) = argmax_j (offsets + gain @ φ(w) + g_s)_j`` per seed (see the module docstring).
 
     ``noise_seed`` fixes the seeds' draws (one population of seeds per value); ``loss_radius`` None means
-    no edit loses the concept.
+    no edit loses the concept; ``coupling`` is what a run would compute for this edit's cells
+    (:meth:`~mist_debias.core.targets.EditProblem.coupling`), None when it is not known.
     """
 
     offsets: np.ndarray
@@ -113,6 +123,7 @@ class SeededPlant:
     decodable_limit: float | None = None
     loss_radius: float | None = None
     noise_seed: int = 0
+    coupling: np.ndarray | None = None
 
     @classmethod
     def from_ratios(
@@ -130,6 +141,18 @@ class SeededPlant:
         """Same parametrisation as :meth:`SoftmaxPlant.from_ratios`, plus the seeds' population."""
         base = SoftmaxPlant.from_ratios(initial_ratios, scale, cross, seed, saturation, invalid_rate, decodable_limit)
         return cls(base.offsets, base.gain, saturation, invalid_rate, decodable_limit, loss_radius, noise_seed)
+
+    @classmethod
+    def from_axes(cls, axis_ratios: Sequence[Sequence[float]], scale: float, **options) -> SeededPlant:
+        """Cells that are products of axes (gender × age …, row-major), with an edit whose cells' directions
+        add up axis by axis: ``gain = scale · C``, ``C`` = :func:`product_coupling`. The unedited ratios are
+        the product of the axes' ratios, and so stay a product at every weight: the edit moves each axis's
+        share, never how the axes go together (the interaction directions are C's null space). The plant
+        knows its coupling. ``options``: as :meth:`from_ratios` (without ``cross`` and ``seed``)."""
+        coupling = product_coupling([len(ratios) for ratios in axis_ratios])
+        log_ratios = [np.log(np.asarray(ratios, dtype=np.float64)) for ratios in axis_ratios]
+        offsets = np.sum(np.stack(np.meshgrid(*log_ratios, indexing="ij")), axis=0).ravel()
+        return cls(offsets - offsets.mean(), scale * coupling, coupling=coupling, **options)
 
     def with_noise_seed(self, noise_seed: int) -> SeededPlant:
         """The same plant over another population of seeds."""
