@@ -53,7 +53,10 @@ group-sequential design: its weight and its cumulative sizes were fixed before a
 on seeds nothing else used. By the union bound over weights, P(a false certificate) ≤ α per concept.
 Nothing else ever certifies.
 
-A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``. An
+A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``; one whose
+model misses the target by more than the tolerance even at its best weight, while the images generated at
+the best weight searched put the deviation surely beyond it, ends with ``"out_of_reach"`` (the target asks
+for something the edit cannot do). An
 unconverged run reports the weight with the most evidence near the target: of the weights measured (panel
 and looks pooled per weight, where images decode and keep the concept) with at least a quarter of the images
 of the best-measured one, the one whose simultaneous intervals bound ``max_j |r_j − t_j|`` most tightly.
@@ -432,6 +435,28 @@ class PanelController(Controller):
             weights = state.points[nearest if gaps[nearest] < 1.0 / panel else int(np.argmin(moves))].weights.copy()
         return weights, limited, lost_limited
 
+    def _out_of_reach(self, concept: str, model: LogitLinearResponse) -> bool:
+        """Some direction of the ratios does not move with the weights (:meth:`LogitLinearResponse.reach`), the
+        model's best weight still misses the target by more than the tolerance (every cell's predicted
+        miss less two standard errors), the best weight searched is predicted within half the tolerance of it,
+        and the images generated there put the deviation surely beyond the tolerance (simultaneous intervals
+        at level 1 − α): the target asks for
+        something the edit cannot do (e.g. change a dependence between two axes when the edit moves each
+        axis)."""
+        spec = self.concepts[concept]
+        state = self._states[concept]
+        if model.gain <= 0.0 or model.reach() == spec.num_cells - 1:
+            return False  # every direction of the ratios moves: nothing is out of reach
+        best = model.solve(spec.target_array)
+        miss = np.abs(model.ratios(best) - spec.target_array) - 2.0 * model.ratio_errors(best)
+        if np.max(miss) <= spec.tolerance:
+            return False
+        centre = state.points[self._centre(concept)]
+        if np.max(np.abs(model.ratios(centre.weights) - model.ratios(best))) > 0.5 * spec.tolerance:
+            return False  # the search has not got there yet
+        measured = centre.measured()
+        return self._usable(state, measured) and self._deviation_bounds(concept, measured)[0] > spec.tolerance
+
     def _spread(self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0) -> np.ndarray:
         """How far the true ratios at the aim may lie from ``predicted`` (sizes looks only; a certificate never
         depends on it): the sampling error of the distinct seeds measured near the aim (panel seeds counted once,
@@ -562,6 +587,8 @@ class PanelController(Controller):
             return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), grow=False)
 
         weights, limited, lost_limited = self._aim(concept, model)
+        if self._out_of_reach(concept, model):
+            return _Plan(weights, 0, 0, "out_of_reach")
         predicted = model.ratios(weights)
         spread = self._spread(concept, model, predicted)
         usable = [w for w, b in self._measured(state) if self._usable(state, b)] or [state.points[0].weights]
@@ -743,7 +770,7 @@ class PanelController(Controller):
         if left is not None and left < self.batch_multiple:
             return "budget"
         kind = self._plan(concept).kind
-        return kind if kind in ("budget", "stuck", "concept_lost") else "running"
+        return kind if kind in ("budget", "stuck", "concept_lost", "out_of_reach") else "running"
 
     def _wanted(self, concept: str) -> Proposal | None:
         if self._reason(concept) != "running":

@@ -132,6 +132,18 @@ class LogitLinearResponse:
         grad = (np.diag(r) - np.outer(r, r)) @ design
         return np.sqrt(np.maximum(np.einsum("kp,pq,kq->k", grad, self.covariance, grad), 0.0))
 
+    def _push(self) -> np.ndarray:
+        """``Qᵀ(s C Q + E)``: how zero-sum weight coordinates move the centred log-ratios."""
+        basis = zero_sum_basis(self.num_cells)
+        coupling = np.eye(self.num_cells) if self.coupling is None else self.coupling
+        return basis.T @ (self.gain * coupling @ basis + self.cross)
+
+    def reach(self, cutoff: float = 0.1) -> int:
+        """How many independent directions of the ratios the weights move: the singular values of
+        ``Qᵀ(s C Q + E)`` at least ``cutoff`` times the largest (K − 1 when every target is reachable)."""
+        values = np.linalg.svd(self._push(), compute_uv=False)
+        return int(np.sum(values >= cutoff * values[0])) if values[0] > 0 else 0
+
     def solve(self, target, floor: float = 1e-4, cutoff: float = 0.1) -> np.ndarray:
         """Zero-sum weights w with r(w) = target (least squares in centred log-ratio coordinates).
 
@@ -142,11 +154,9 @@ class LogitLinearResponse:
         (log 0 has no solution).
         """
         basis = zero_sum_basis(self.num_cells)
-        coupling = np.eye(self.num_cells) if self.coupling is None else self.coupling
         log_target = np.log(np.maximum(np.asarray(target, dtype=np.float64), floor))
-        matrix = basis.T @ (self.gain * coupling @ basis + self.cross)
         rhs = basis.T @ (log_target - self.offsets)
-        x = np.linalg.lstsq(matrix, rhs, rcond=cutoff)[0]
+        x = np.linalg.lstsq(self._push(), rhs, rcond=cutoff)[0]
         return basis @ x
 
 
