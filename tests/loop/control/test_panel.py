@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,6 +142,29 @@ def test_a_target_that_needs_the_concept_lost_ends_saying_so():
         if surely_lost(obs.kept, sum(obs.counts), unedited.kept, sum(unedited.counts), 0.05):
             edge = min(edge, np.max(np.abs(obs.weights)))
     assert edge < np.inf
+
+
+def test_a_dependence_between_axes_the_edit_cannot_change_ends_out_of_reach():
+    """Gender × age cells, an edit that moves each axis (coupling singular along the interaction), and an
+    unedited joint with a strong gender–age dependence: at balanced marginals the cells are far from 25% each,
+    so the run ends ``out_of_reach`` well inside its budget, uncertified, at a weight whose true deviation is
+    close to the best any weight reaches; the same plant without the dependence certifies."""
+    independent = SeededPlant.from_axes([(0.8, 0.2), (0.3, 0.7)], 8.0)
+    interaction = np.array([1.0, -1.0, -1.0, 1.0])
+    dependent = replace(independent, offsets=independent.offsets - 0.6 * interaction)
+    quarter = tuple(np.full(4, 0.25))
+    coupling = tuple(map(tuple, independent.coupling))
+    controller = PanelController([ConceptTarget("CEO", quarter, coupling=coupling)], budget=8000)
+    result = simulate(controller, {"CEO": dependent.with_noise_seed(2)})
+    status = controller.status("CEO")
+    assert status.reason == "out_of_reach" and not status.converged and status.images_used < 8000
+    # the best reachable: both marginals balanced, cells (x, ½ − x, ½ − x, x) with ((½ − x)/x)² = e^{2.4}
+    x = 0.5 / (1.0 + np.exp(1.2))
+    reached = np.max(np.abs(dependent.ratios(result.final_weights["CEO"]) - 0.25))
+    assert 0.25 - x - 1e-9 <= reached < 0.25 - x + 0.05
+    controller = PanelController([ConceptTarget("CEO", quarter, coupling=coupling)], budget=8000)
+    simulate(controller, {"CEO": independent.with_noise_seed(2)})
+    assert controller.status("CEO").converged
 
 
 def test_an_unconverged_run_reports_its_best_supported_weight_pooled():

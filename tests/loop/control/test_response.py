@@ -62,6 +62,13 @@ def test_a_coupled_plant_is_fitted_with_its_coupling_and_solved_without_its_null
     counts = np.stack([1e6 * plant.ratios(w) for w in weights])
     model = fit_response(weights, counts, coupling=coupling)
     assert model.gain == pytest.approx(2.0, rel=2e-3)
+    assert model.reach() == 2  # gender and age move, their interaction does not
+    assert (
+        fit_response(
+            weights, np.stack([1e6 * SoftmaxPlant.from_ratios(np.full(4, 0.25), 2.0).ratios(w) for w in weights])
+        ).reach()
+        == 3
+    )
     np.testing.assert_allclose(model.ratios(weights[3] + 5.0 * interaction), plant.ratios(weights[3]), atol=1e-3)
     solution = model.solve(np.full(4, 0.25))
     np.testing.assert_allclose(plant.ratios(solution), 0.25, atol=2e-3)
