@@ -53,10 +53,11 @@ group-sequential design: its weight and its cumulative sizes were fixed before a
 on seeds nothing else used. By the union bound over weights, P(a false certificate) ≤ α per concept.
 Nothing else ever certifies.
 
-A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``; one whose
-model misses the target by more than the tolerance even at its best weight, while the images generated at
-the best weight searched put the deviation surely beyond it, ends with ``"out_of_reach"`` (the target asks
-for something the edit cannot do). An
+A run that cannot balance the cells without losing the concept ends with reason ``"concept_lost"``. When the
+model finds a direction of the ratios that no weight moves and misses the target by more than the tolerance
+even at its best weight, the search, once at that weight, measures more panel seeds there instead of chasing
+the model's optimum, and the run ends ``"out_of_reach"`` when the images generated there put the deviation
+surely beyond the tolerance (the target asks for something the edit cannot do). An
 unconverged run reports the weight with the most evidence near the target: of the weights measured (panel
 and looks pooled per weight, where images decode and keep the concept) with at least a quarter of the images
 of the best-measured one, the one whose simultaneous intervals bound ``max_j |r_j − t_j|`` most tightly.
@@ -435,27 +436,17 @@ class PanelController(Controller):
             weights = state.points[nearest if gaps[nearest] < 1.0 / panel else int(np.argmin(moves))].weights.copy()
         return weights, limited, lost_limited
 
-    def _out_of_reach(self, concept: str, model: LogitLinearResponse) -> bool:
-        """Some direction of the ratios does not move with the weights (:meth:`LogitLinearResponse.reach`), the
-        model's best weight still misses the target by more than the tolerance (every cell's predicted
-        miss less two standard errors), the best weight searched is predicted within half the tolerance of it,
-        and the images generated there put the deviation surely beyond the tolerance (simultaneous intervals
-        at level 1 − α): the target asks for
-        something the edit cannot do (e.g. change a dependence between two axes when the edit moves each
-        axis)."""
+    def _out_of_reach(self, concept: str, model: LogitLinearResponse) -> np.ndarray | None:
+        """The model's best weight when the model says the target is out of the edit's reach, else None: some
+        direction of the ratios does not move with the weights (:meth:`LogitLinearResponse.reach`) and even
+        the best weight misses the target by more than the tolerance (every cell's predicted miss less two
+        standard errors) — e.g. a dependence between two axes that an edit moving each axis cannot change."""
         spec = self.concepts[concept]
-        state = self._states[concept]
         if model.gain <= 0.0 or model.reach() == spec.num_cells - 1:
-            return False  # every direction of the ratios moves: nothing is out of reach
+            return None
         best = model.solve(spec.target_array)
         miss = np.abs(model.ratios(best) - spec.target_array) - 2.0 * model.ratio_errors(best)
-        if np.max(miss) <= spec.tolerance:
-            return False
-        centre = state.points[self._centre(concept)]
-        if np.max(np.abs(model.ratios(centre.weights) - model.ratios(best))) > 0.5 * spec.tolerance:
-            return False  # the search has not got there yet
-        measured = centre.measured()
-        return self._usable(state, measured) and self._deviation_bounds(concept, measured)[0] > spec.tolerance
+        return best if np.max(miss) > spec.tolerance else None
 
     def _spread(self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0) -> np.ndarray:
         """How far the true ratios at the aim may lie from ``predicted`` (sizes looks only; a certificate never
@@ -587,8 +578,15 @@ class PanelController(Controller):
             return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), grow=False)
 
         weights, limited, lost_limited = self._aim(concept, model)
-        if self._out_of_reach(concept, model):
-            return _Plan(weights, 0, 0, "out_of_reach")
+        best = self._out_of_reach(concept, model)
+        centre = state.points[self._centre(concept)]
+        if best is not None and np.max(np.abs(model.ratios(centre.weights) - model.ratios(best))) <= 0.5 * eps:
+            # Out of reach, and the search is there: gather evidence at the best weight searched until its
+            # generated images put the deviation surely beyond the tolerance (or the panel is spent).
+            measured = centre.measured()
+            if self._usable(state, measured) and self._deviation_bounds(concept, measured)[0] > eps:
+                return _Plan(centre.weights, 0, 0, "out_of_reach")
+            weights, limited = centre.weights.copy(), False
         predicted = model.ratios(weights)
         spread = self._spread(concept, model, predicted)
         usable = [w for w, b in self._measured(state) if self._usable(state, b)] or [state.points[0].weights]
@@ -623,7 +621,6 @@ class PanelController(Controller):
             if len(sizes):
                 n_images, chance = plan_look(predicted, spread, t, eps, self._alpha(state, reopen=False), sizes)
                 look_plan = self._look(concept, weights, n_images) if chance > 0 else None
-        centre = state.points[self._centre(concept)]
         if lost_limited and self._deviation_bounds(concept, centre.pooled())[0] > eps:
             return _Plan(weights, 0, 0, "concept_lost")
         # Closer than the panel can resolve: new seeds (the next panel block) at the aim, not the same ones.
