@@ -75,7 +75,8 @@ def benchmark_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
 
 def honesty_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
     """Plants where a certificate would be false: the ratio 0.005 outside the tolerance whatever the
-    weight; and a target reachable only by edits that lose the concept (kept < 95% of unedited)."""
+    weight; a target reachable only by edits that lose the concept (kept < 95% of unedited); and product
+    cells whose dependence the edit cannot change (:func:`dependent_axes`)."""
     return {
         "K2 stuck at 0.555": (SeededPlant.from_ratios([0.555, 0.445], 0.0), (0.5, 0.5), 3000),
         "K4 stuck 0.005 outside": (
@@ -84,7 +85,18 @@ def honesty_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
             3000,
         ),
         "K2 concept lost": (SeededPlant.from_ratios([0.95, 0.05], 0.5, loss_radius=3.0), (0.5, 0.5), 6000),
+        "K4 axes, dependence": (dependent_axes(), tuple(np.full(4, 1 / 4)), 8000),
     }
+
+
+def dependent_axes() -> SeededPlant:
+    """Gender × age cells under an edit that moves each axis, with a gender–age dependence (log odds ratio
+    1.16) the edit cannot change: at balanced marginals the cells are 0.18 / 0.32 / 0.32 / 0.18, so no weight
+    brings every cell within 0.05 of 25%."""
+    plant = SeededPlant.from_axes(
+        [(0.8, 0.2), (0.3, 0.7)], 8.0, invalid_rate=0.05, decodable_limit=5.0, loss_radius=10.0
+    )
+    return replace(plant, offsets=plant.offsets - 0.29 * np.array([1.0, -1.0, -1.0, 1.0]))
 
 
 def certificate_floor(target: float, tolerance: float = 0.05, alpha: float = 0.05) -> tuple[int, int]:

@@ -42,7 +42,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 
 
 def zero_sum_basis(num_cells: int) -> np.ndarray:
@@ -145,19 +145,33 @@ class LogitLinearResponse:
         return int(np.sum(values >= cutoff * values[0])) if values[0] > 0 else 0
 
     def solve(self, target, floor: float = 1e-4, cutoff: float = 0.1) -> np.ndarray:
-        """Zero-sum weights w with r(w) = target (least squares in centred log-ratio coordinates).
+        """Zero-sum weights w with r(w) = target, or as close as the edit gets.
 
         Solves ``Qᵀ(s C Q + E) x = Qᵀ(log t − a)`` by its singular value decomposition and returns ``w = Q x``:
         the minimum-norm solution among directions whose singular value is at least ``cutoff`` times the
-        largest — a weight direction that moves the ratios less than that is not used (the part of the target
-        it would be needed for is out of the edit's reach). Target entries below ``floor`` are raised to it
-        (log 0 has no solution).
+        largest — a weight direction that moves the ratios less than that is not used. When such directions
+        exist the target may be out of reach, and least squares in log-ratios would favour the smallest cells;
+        the solution then moves, within the directions used, to the weights whose largest miss
+        ``max_j |r_j(w) − t_j|`` is smallest (minimised through the smooth 8-norm of the misses, from the
+        least-squares solution). Target entries below ``floor`` are raised to it (log 0 has no solution).
         """
+        target = np.asarray(target, dtype=np.float64)
         basis = zero_sum_basis(self.num_cells)
-        log_target = np.log(np.maximum(np.asarray(target, dtype=np.float64), floor))
-        rhs = basis.T @ (log_target - self.offsets)
-        x = np.linalg.lstsq(self._push(), rhs, rcond=cutoff)[0]
-        return basis @ x
+        push = self._push()
+        rhs = basis.T @ (np.log(np.maximum(target, floor)) - self.offsets)
+        x = np.linalg.lstsq(push, rhs, rcond=cutoff)[0]
+        _, values, right = np.linalg.svd(push)
+        used = right[values >= cutoff * values[0]].T if values[0] > 0 else right[:0].T
+        if used.shape[1] in (0, self.num_cells - 1):
+            return basis @ x
+
+        def miss(y: np.ndarray) -> float:
+            return float(np.sum((self.ratios(basis @ (x + used @ y)) - target) ** 8) ** 0.125)
+
+        found = optimize.minimize(
+            miss, np.zeros(used.shape[1]), method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9}
+        )
+        return basis @ (x + used @ found.x) if found.fun < miss(np.zeros(used.shape[1])) else basis @ x
 
 
 def fit_response(
