@@ -44,9 +44,8 @@ def benchmark_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
     ceo4 = np.array([0.45, 0.33, 0.14, 0.08])
     ceo12 = np.array([0.22, 0.16, 0.12, 0.09, 0.08, 0.07, 0.06, 0.06, 0.05, 0.04, 0.03, 0.02])
     steep = {"cross": 0.3, "invalid_rate": 0.05, "decodable_limit": 5.0, "loss_radius": 10.0}
-    edges = {"invalid_rate": 0.05, "decodable_limit": 5.0, "loss_radius": 10.0}
-    gender_age = SeededPlant.from_axes([(0.8, 0.2), (0.3, 0.7)], 8.0, **edges)
-    gender_race_age = SeededPlant.from_axes([(0.8, 0.2), (0.6, 0.25, 0.15), (0.3, 0.7)], 8.0, **edges)
+    gender_age = axes_plant([(0.8, 0.2), (0.3, 0.7)])
+    gender_race_age = axes_plant([(0.8, 0.2), (0.6, 0.25, 0.15), (0.3, 0.7)])
     return {
         "K2 easy (scale 12)": (SeededPlant.from_ratios(start, 12.0), half, 20000),
         "K2 moderate (scale 3)": (SeededPlant.from_ratios(start, 3.0), half, 20000),
@@ -89,13 +88,17 @@ def honesty_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
     }
 
 
+def axes_plant(axis_ratios) -> SeededPlant:
+    """Product cells as steep as the world's CEO (an edit that moves each axis), undecodable images beyond
+    |w| = 5 and the concept fading for large edits."""
+    return SeededPlant.from_axes(axis_ratios, 8.0, invalid_rate=0.05, decodable_limit=5.0, loss_radius=10.0)
+
+
 def dependent_axes() -> SeededPlant:
     """Gender × age cells under an edit that moves each axis, with a gender–age dependence (log odds ratio
     1.16) the edit cannot change: at balanced marginals the cells are 0.18 / 0.32 / 0.32 / 0.18, so no weight
     brings every cell within 0.05 of 25%."""
-    plant = SeededPlant.from_axes(
-        [(0.8, 0.2), (0.3, 0.7)], 8.0, invalid_rate=0.05, decodable_limit=5.0, loss_radius=10.0
-    )
+    plant = axes_plant([(0.8, 0.2), (0.3, 0.7)])
     return replace(plant, offsets=plant.offsets - 0.29 * np.array([1.0, -1.0, -1.0, 1.0]))
 
 

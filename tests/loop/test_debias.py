@@ -65,7 +65,7 @@ def test_adaptive_run_writes_log_summary_and_a_loadable_edit(sd1_dir, tiny_clip_
     # the controller knows each concept's coupling, computed from the original weights
     original = {p.name: p.module.weight.detach() for p in find_cross_attention_projections(pipe.unet)}
     for index, name in enumerate(["doctor", "nurse"]):
-        coupling = run.controller.concepts[name].coupling_array
+        coupling = np.asarray(run.controller.concepts[name].coupling)
         np.testing.assert_allclose(coupling, run.problem.coupling(original, index), atol=1e-12)
         assert coupling.shape == (2, 2) and coupling[0, 1] < 1.0
 

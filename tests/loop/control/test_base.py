@@ -34,9 +34,9 @@ def test_a_proposal_naming_seeds_is_granted_whole_or_waits():
 def test_a_concept_target_keeps_a_valid_coupling_and_refuses_a_bad_one():
     coupling = np.array([[1.0, 0.4], [0.4, 1.0]])
     target = ConceptTarget("doctor", (0.5, 0.5), coupling=coupling)
-    np.testing.assert_array_equal(target.coupling_array, coupling)
+    np.testing.assert_array_equal(np.asarray(target.coupling), coupling)
     assert target.to_dict()["coupling"] == [[1.0, 0.4], [0.4, 1.0]]
-    np.testing.assert_array_equal(ConceptTarget("doctor", (0.5, 0.5)).coupling_array, np.eye(2))
+    assert ConceptTarget("doctor", (0.5, 0.5)).coupling is None  # the response reads None as the identity
     assert "coupling" not in ConceptTarget("doctor", (0.5, 0.5)).to_dict()
     for bad in (np.eye(3), [[1.0, 0.5], [0.4, 1.0]], [[1.0, 2.0], [2.0, 1.0]], [[1.0, np.nan], [np.nan, 1.0]]):
         with pytest.raises(ValueError, match="coupling"):

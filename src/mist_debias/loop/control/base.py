@@ -82,11 +82,6 @@ class ConceptTarget:
     def target_array(self) -> np.ndarray:
         return np.asarray(self.target, dtype=np.float64)
 
-    @property
-    def coupling_array(self) -> np.ndarray:
-        """The coupling (K×K), the identity when none was given."""
-        return np.eye(self.num_cells) if self.coupling is None else np.asarray(self.coupling, dtype=np.float64)
-
     def to_dict(self) -> dict:
         data = {"name": self.name, "target": list(self.target), "tolerance": self.tolerance}
         if self.coupling is not None:

@@ -402,12 +402,13 @@ class PanelController(Controller):
             x = 2.0 * high - x
         return x * direction
 
-    def _aim(self, concept: str, model: LogitLinearResponse) -> tuple[np.ndarray, bool, bool]:
-        """(aimed weights, limited by the trust region or bracket, limited by the concept-lost edge)."""
+    def _aim(self, concept: str, model: LogitLinearResponse, solution: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+        """(aimed weights, limited by the trust region or bracket, limited by the concept-lost edge), stepping
+        from the centre toward the model's ``solution`` for the target."""
         spec = self.concepts[concept]
         state = self._states[concept]
         centre = state.points[self._centre(concept)]
-        step = model.solve(spec.target_array) - centre.weights
+        step = solution - centre.weights
         limited = state.radius is not None and float(np.linalg.norm(step)) > state.radius
         if limited:
             step *= state.radius / np.linalg.norm(step)
@@ -436,17 +437,16 @@ class PanelController(Controller):
             weights = state.points[nearest if gaps[nearest] < 1.0 / panel else int(np.argmin(moves))].weights.copy()
         return weights, limited, lost_limited
 
-    def _out_of_reach(self, concept: str, model: LogitLinearResponse) -> np.ndarray | None:
-        """The model's best weight when the model says the target is out of the edit's reach, else None: some
-        direction of the ratios does not move with the weights (:meth:`LogitLinearResponse.reach`) and even
-        the best weight misses the target by more than the tolerance (every cell's predicted miss less two
-        standard errors) — e.g. a dependence between two axes that an edit moving each axis cannot change."""
+    def _out_of_reach(self, concept: str, model: LogitLinearResponse, best: np.ndarray) -> bool:
+        """The model says the target is out of the edit's reach: some direction of the ratios does not move
+        with the weights (:meth:`LogitLinearResponse.reach`) and even its ``best`` weight misses the target by
+        more than the tolerance (every cell's predicted miss less two standard errors) — e.g. a dependence
+        between two axes that an edit moving each axis cannot change."""
         spec = self.concepts[concept]
         if model.gain <= 0.0 or model.reach() == spec.num_cells - 1:
-            return None
-        best = model.solve(spec.target_array)
+            return False
         miss = np.abs(model.ratios(best) - spec.target_array) - 2.0 * model.ratio_errors(best)
-        return best if np.max(miss) > spec.tolerance else None
+        return bool(np.max(miss) > spec.tolerance)
 
     def _spread(self, concept: str, model: LogitLinearResponse, predicted: np.ndarray, extra: int = 0) -> np.ndarray:
         """How far the true ratios at the aim may lie from ``predicted`` (sizes looks only; a certificate never
@@ -577,10 +577,13 @@ class PanelController(Controller):
                 direction = zero_sum_basis(spec.num_cells)[:, 0]
             return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), grow=False)
 
-        weights, limited, lost_limited = self._aim(concept, model)
-        best = self._out_of_reach(concept, model)
+        best = model.solve(t)
+        weights, limited, lost_limited = self._aim(concept, model, best)
         centre = state.points[self._centre(concept)]
-        if best is not None and np.max(np.abs(model.ratios(centre.weights) - model.ratios(best))) <= 0.5 * eps:
+        if (
+            self._out_of_reach(concept, model, best)
+            and np.max(np.abs(model.ratios(centre.weights) - model.ratios(best))) <= 0.5 * eps
+        ):
             # Out of reach, and the search is there: gather evidence at the best weight searched until its
             # generated images put the deviation surely beyond the tolerance (or the panel is spent).
             measured = centre.measured()

@@ -138,11 +138,16 @@ class LogitLinearResponse:
         coupling = np.eye(self.num_cells) if self.coupling is None else self.coupling
         return basis.T @ (self.gain * coupling @ basis + self.cross)
 
+    def _moving(self, cutoff: float) -> np.ndarray:
+        """The weight directions (columns, zero-sum coordinates) that move the ratios: the right singular
+        vectors of ``Qᵀ(s C Q + E)`` whose singular value is at least ``cutoff`` times the largest."""
+        _, values, right = np.linalg.svd(self._push())
+        return right[values >= cutoff * values[0]].T if values[0] > 0 else right[:0].T
+
     def reach(self, cutoff: float = 0.1) -> int:
-        """How many independent directions of the ratios the weights move: the singular values of
-        ``Qᵀ(s C Q + E)`` at least ``cutoff`` times the largest (K − 1 when every target is reachable)."""
-        values = np.linalg.svd(self._push(), compute_uv=False)
-        return int(np.sum(values >= cutoff * values[0])) if values[0] > 0 else 0
+        """How many independent directions of the ratios the weights move (K − 1 when every target is
+        reachable; see :meth:`_moving`)."""
+        return self._moving(cutoff).shape[1]
 
     def solve(self, target, floor: float = 1e-4, cutoff: float = 0.1) -> np.ndarray:
         """Zero-sum weights w with r(w) = target, or as close as the edit gets.
@@ -160,8 +165,7 @@ class LogitLinearResponse:
         push = self._push()
         rhs = basis.T @ (np.log(np.maximum(target, floor)) - self.offsets)
         x = np.linalg.lstsq(push, rhs, rcond=cutoff)[0]
-        _, values, right = np.linalg.svd(push)
-        used = right[values >= cutoff * values[0]].T if values[0] > 0 else right[:0].T
+        used = self._moving(cutoff)
         if used.shape[1] in (0, self.num_cells - 1):
             return basis @ x
 
