@@ -53,7 +53,7 @@ def _settings(model, **changes) -> BenchSettings:
     values = dict(
         model=str(model),
         concepts=CONCEPTS,
-        budget=32,
+        budget=128,
         validate=3,
         preserve_images=2,
         steps=2,
@@ -252,7 +252,7 @@ def test_preservation_numbers_against_their_definitions():
     ("flag", "value", "message"),
     [
         ("--concepts", "doctor,plumber", "unknown concept 'plumber'"),
-        ("--methods", "mist-adaptive,sdedit", "unknown method 'sdedit'"),
+        ("--methods", "mist,sdedit", "unknown method 'sdedit'"),
         ("--budget", "0", "budget must be positive"),
         ("--eta", "-1", "eta must be a finite number ≥ 0"),
     ],
@@ -276,7 +276,7 @@ def test_a_folder_that_is_no_pipeline_is_refused(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("method", ["mist-adaptive", "mist-official", "uce", "time"])
+@pytest.mark.parametrize("method", ["mist", "mist-official", "uce", "time"])
 def test_any_world_folder_preserves_what_the_bundled_world_preserves(tmp_path, method):
     standin = run_config(BenchSettings(model=str(tmp_path)), "CEO", BENCH_METHODS[method])
     bundled = run_config(BenchSettings(), "CEO", BENCH_METHODS[method])

@@ -6,16 +6,16 @@ such as the CEO over gender × age) every method of :data:`BENCH_METHODS` gets i
 world's exact oracle with the same sampler, seed, tolerance and image budget:
 
 * ``original`` — no edit (the reference);
-* ``mist-adaptive`` — MIST (first-EOS keys), the certified adaptive controller, the default preserve set
-  (``""`` and every other world profession, all positions);
+* ``mist`` — MIST (first-EOS keys), the default (panel) controller, the default preserve set (``""`` and every
+  other world profession, all positions);
 * ``mist-official-paper`` — the published loop as published: official controller (``n`` images per
   iteration, increments ``0.1·(t − r)``, compounding), preserve ``""`` only;
 * ``mist-official`` — the official controller with the default preserve set;
 * ``uce`` — UCE's key (the last word of the concept prompt) and targets ``W c + Σ_j w_j W c_j``;
 * ``time`` — TIME's keys (all tokens of the concept prompt) and targets (λ = 0.1).
 
-UCE and TIME publish no feedback loop: their attribute weights are found by the adaptive controller on their
-own key/target construction (same preserve set as ``mist-adaptive``), so the comparison is between what each
+UCE and TIME publish no feedback loop: their attribute weights are found by the panel controller on their
+own key/target construction (same preserve set as ``mist``), so the comparison is between what each
 construction can reach under one search, not between search procedures.
 
 Measurement (after the loop, never seen by it). Every model — the original and each final edit — generates
@@ -112,9 +112,9 @@ BENCH_METHODS: dict[str, BenchMethod] = {
     for method in (
         BenchMethod("original", "no edit", None),
         BenchMethod(
-            "mist-adaptive",
-            "MIST, adaptive controller, default preserve",
-            {"edit.method": "mist", "controller.name": "adaptive", "edit.preserve": "default"},
+            "mist",
+            "MIST, panel controller, default preserve",
+            {"edit.method": "mist", "controller.name": "panel", "edit.preserve": "default"},
         ),
         BenchMethod(
             "mist-official-paper",
@@ -128,13 +128,13 @@ BENCH_METHODS: dict[str, BenchMethod] = {
         ),
         BenchMethod(
             "uce",
-            "UCE (last-word key), adaptive controller, default preserve",
-            {"edit.method": "uce", "edit.keys": "last-word", "controller.name": "adaptive", "edit.preserve": "default"},
+            "UCE (last-word key), panel controller, default preserve",
+            {"edit.method": "uce", "edit.keys": "last-word", "controller.name": "panel", "edit.preserve": "default"},
         ),
         BenchMethod(
             "time",
-            "TIME (all tokens), adaptive controller, default preserve",
-            {"edit.method": "time", "controller.name": "adaptive", "edit.preserve": "default"},
+            "TIME (all tokens), panel controller, default preserve",
+            {"edit.method": "time", "controller.name": "panel", "edit.preserve": "default"},
         ),
     )
 }

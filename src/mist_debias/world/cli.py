@@ -72,7 +72,7 @@ def bench(
     out: Path = typer.Option(Path("runs/world-bench"), "--out", help="Benchmark folder (one run folder per row)."),
     concepts: str = typer.Option("doctor,CEO", "--concepts", help="Comma-separated: doctor, nurse, CEO, CEO-race."),
     methods: str = typer.Option(
-        "original,mist-adaptive,mist-official-paper,mist-official,uce,time", "--methods", help="Comma-separated."
+        "original,mist,mist-official-paper,mist-official,uce,time", "--methods", help="Comma-separated."
     ),
     budget: int = typer.Option(2048, "--budget", help="Image budget of each debias run."),
     seed: int = typer.Option(0, "--seed", help="Seed of the loops and of the measurement images."),
@@ -88,7 +88,7 @@ def bench(
     ),
     device: str = typer.Option(None, "--device", help="torch device (default: CUDA, MPS or CPU)."),
 ) -> None:
-    """Benchmark MIST (adaptive, official), UCE and TIME against the exact oracle; write bench.json/csv/md."""
+    """Benchmark MIST (panel, official), UCE and TIME against the exact oracle; write bench.json/csv/md."""
     from mist_debias.core.errors import MistError
     from mist_debias.world.bench import BenchSettings, markdown_table, run_bench
 
