@@ -218,6 +218,8 @@ def test_check_complete():
         ({"budget": 10.5}, "^budget: should be a valid integer, got 10.5$"),
         ({"seed": -1}, "^seed: should be greater than or equal to 0"),
         ({"seed": True}, "^seed: should be a valid integer, got True$"),
+        ({"seed": 2**32}, "^seed: should be less than or equal to 4294967295"),
+        ({"concepts": [f"c{i}" for i in range(101)]}, "at most 100 concepts per run, got 101$"),
         ({"modle": "x"}, "^modle: unknown key$"),
         ({"generation": {"stepz": 3}}, "^generation.stepz: unknown key$"),
         ({"generation": {"steps": 0}}, "^generation: steps must be positive"),

@@ -287,7 +287,12 @@ def debias(
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/debias"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run folder.")] = False,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", help="Run seed: runs with different seeds share no image seed (independent replicates)."
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
     guidance: Annotated[float | None, typer.Option("--guidance")] = None,
     eta: Annotated[float | None, typer.Option("--eta", help="DDIM η (0: deterministic DDIM).")] = None,

@@ -58,6 +58,11 @@ from mist_debias.core.spec import AttributeSpec, Axis, SpecError, parse_axis, pa
 from mist_debias.core.targets import DEFAULT_KEYS, ConceptPrompts
 from mist_debias.measure.classifiers.clip import DEFAULT_TEMPLATES
 
+MAX_CONCEPTS = 100
+"""Concepts one run may debias (each owns 10⁷ of the 2³² image seeds)."""
+MAX_SEED = 2**32 - 1
+"""Largest run seed (run seeds translate the image seeds modulo 2³², so larger ones would repeat smaller ones)."""
+
 CONFIG_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
 
 Strings = Annotated[tuple[str, ...], Field(strict=False)]
@@ -329,12 +334,14 @@ class RunConfig(_Section):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)  # type: ignore[valid-type]
     edit: EditSettings = Field(default_factory=EditSettings)
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if "{concept}" not in self.prompt_template:
             raise ValueError(f"prompt_template {self.prompt_template!r} has no {{concept}}")
+        if len(self.concepts) > MAX_CONCEPTS:
+            raise ValueError(f"at most {MAX_CONCEPTS} concepts per run, got {len(self.concepts)}")
         names = [concept.name.strip().lower() for concept in self.concepts]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:

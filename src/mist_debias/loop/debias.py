@@ -19,7 +19,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,23 @@ from mist_debias.measure.metrics import Distribution, wilson_interval
 
 SEEDS_PER_CONCEPT = 10_000_000
 VALIDATION_SEED_OFFSET = 5_000_000
+SEED_MODULUS = 2**32
+"""torch's CPU generator keeps the low 32 bits of a seed: image seeds are taken modulo 2³²."""
+RUN_SEED_STRIDE = 2_654_435_769
+"""⌊2³²/φ⌋ (odd): run seeds translate the seed layout along a golden-ratio (Weyl) sequence modulo 2³²."""
+
+
+def image_seeds(run_seed: int, concept_index: int, indices: Iterable[int]) -> list[int]:
+    """Image seeds of a concept's seed indices: ``(run_seed · S + concept_index · 10⁷ + i) mod 2³²``, S = ⌊2³²/φ⌋.
+
+    Within a run each concept owns 10⁷ consecutive seeds (the loop's from index 0, the validation's from
+    :data:`VALIDATION_SEED_OFFSET`). Another run seed translates the whole layout by ``Δs · S mod 2³²``; by the
+    golden ratio's three-distance spacing that translation is at least 2.1·10⁷ seeds from 0 for ``|Δs| ≤ 100``
+    (2.4·10⁸ for ``|Δs| ≤ 10``), so runs of up to two concepts whose seeds differ by at most 100 share no image
+    seed and are independent replicates. Run seed 0 is the layout itself.
+    """
+    base = run_seed * RUN_SEED_STRIDE + concept_index * SEEDS_PER_CONCEPT
+    return [(base + index) % SEED_MODULUS for index in indices]
 
 
 class RunError(MistError):
@@ -196,16 +213,15 @@ class DebiasRun:
         return sum(entry["n_images"] for entry in self.log if entry["concept"] == concept)
 
     def _seeds(self, concept: str, count: int, offset: int = 0) -> list[int]:
-        start = self.seed + self.order.index(concept) * SEEDS_PER_CONCEPT + offset + self._images_of(concept)
-        return list(range(start, start + count))
+        start = offset + self._images_of(concept)
+        return image_seeds(self.seed, self.order.index(concept), range(start, start + count))
 
     def _proposal_seeds(self, proposal: Proposal) -> list[int]:
         """The seeds a proposal names (indices into its concept's seed space), else fresh ones."""
         named = proposal.seeds()
         if named is None:
             return self._seeds(proposal.concept, proposal.n_images)
-        base = self.seed + self.order.index(proposal.concept) * SEEDS_PER_CONCEPT
-        return [base + index for index in named]
+        return image_seeds(self.seed, self.order.index(proposal.concept), named)
 
     def _weights(self, proposals: dict[str, Proposal]) -> list[list[float]]:
         """Per-concept weights of this round's edit (absolute mode)."""

@@ -21,10 +21,13 @@ construction can reach under one search, not between search procedures.
 Measurement (after the loop, never seen by it). Every model — the original and each final edit — generates
 the same images: image ``i`` of world profession ``p`` uses seed
 
-    s(p, i) = seed + BENCH_SEED_OFFSET + index(p) · SEEDS_PER_PROMPT + i,
+    s(p, i) = image_seeds(seed, 0, [BENCH_SEED_OFFSET + index(p) · SEEDS_PER_PROMPT + i]),
 
-a range the loop (seeds ``seed + …``, validation ``seed + 5·10⁶ + …``) never draws, so the edited and the
-original images are *paired* by seed. From the oracle's decoding of these images:
+seed indices of the first concept's seed space (:func:`~mist_debias.loop.debias.image_seeds`) that the loop (its
+images from index 0, validation from 5·10⁶) never draws, so the edited and the original images are *paired*
+by seed. Every method's run uses the same run seed, so their searches, certificates and measurements share
+seeds too: the methods are compared on common random numbers, and one run seed is one replicate for all of
+them (other run seeds give independent replicates). From the oracle's decoding of these images:
 
 * the concept: its cell distribution with simultaneous 95% (Wilson/Goodman) intervals, Δ and KL
   (:class:`~mist_debias.measure.metrics.Distribution`), the share of decoded images that keep the profession;
@@ -76,8 +79,15 @@ from mist_debias.core.run_folder import (
     write_json,
 )
 from mist_debias.core.spec import AttributeSpec, Axis
-from mist_debias.loop.config import AttributesConfig, ClassifierConfig, ConceptConfig, GenerationSettings, RunConfig
-from mist_debias.loop.debias import RunFolder
+from mist_debias.loop.config import (
+    MAX_SEED,
+    AttributesConfig,
+    ClassifierConfig,
+    ConceptConfig,
+    GenerationSettings,
+    RunConfig,
+)
+from mist_debias.loop.debias import RunFolder, image_seeds
 from mist_debias.loop.runner import ORACLE, prepare_run
 from mist_debias.measure.evaluate import pixel_change
 from mist_debias.measure.metrics import Distribution
@@ -197,8 +207,8 @@ class BenchSettings:
             raise BenchError(f"preserve_images must be positive, got {self.preserve_images}")
         if max(self.validate, self.preserve_count) > SEEDS_PER_PROMPT:
             raise BenchError(f"at most {SEEDS_PER_PROMPT} images per prompt")
-        if self.seed < 0:
-            raise BenchError(f"seed must be ≥ 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise BenchError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise BenchError(f"guidance must be a finite number ≥ 0, got {self.guidance}")
         if not (math.isfinite(self.eta) and self.eta >= 0):
@@ -262,8 +272,8 @@ def run_config(settings: BenchSettings, concept: str, method: BenchMethod) -> Ru
 
 def bench_seeds(settings: BenchSettings, profession: str, count: int) -> list[int]:
     """Seeds of the measurement images of ``profession`` (see the module docstring)."""
-    start = settings.seed + BENCH_SEED_OFFSET + PROFESSIONS.index(profession) * SEEDS_PER_PROMPT
-    return list(range(start, start + count))
+    start = BENCH_SEED_OFFSET + PROFESSIONS.index(profession) * SEEDS_PER_PROMPT
+    return image_seeds(settings.seed, 0, range(start, start + count))
 
 
 def reference_counts(settings: BenchSettings) -> dict[str, int]:

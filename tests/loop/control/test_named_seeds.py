@@ -7,11 +7,10 @@ from mist_debias.core.generate import generate_images
 from mist_debias.loop.config import AttributesConfig, RunConfig
 from mist_debias.loop.control import Proposal
 from mist_debias.loop.control.base import decode_labels
-from mist_debias.loop.debias import SEEDS_PER_CONCEPT
 from mist_debias.loop.runner import prepare_run
 
 
-def _run(sd1_dir, tiny_clip_dir, folder, budget=96):
+def _run(sd1_dir, tiny_clip_dir, folder, budget=96, seed=0):
     settings = RunConfig().with_overrides(
         {
             "model": str(sd1_dir),
@@ -23,16 +22,18 @@ def _run(sd1_dir, tiny_clip_dir, folder, budget=96):
             "budget": budget,
             "generation.steps": 2,
             "generation.batch_size": 8,
+            "seed": seed,
         }
     )
     return prepare_run(settings, folder, device="cpu")[0]
 
 
 def test_named_seeds_give_the_same_images_at_the_same_weights(sd1_dir, tiny_clip_dir, tmp_path):
-    run = _run(sd1_dir, tiny_clip_dir, tmp_path / "run")
+    run = _run(sd1_dir, tiny_clip_dir, tmp_path / "run", seed=3)
     proposal = Proposal("nurse", np.zeros(2), "absolute", 4, seed_start=16)
     seeds = run._proposal_seeds(proposal)
-    assert seeds == [run.seed + SEEDS_PER_CONCEPT + 16 + i for i in range(4)]
+    # run seed s, concept index c, seed index i: image seed (s·⌊2³²/φ⌋ + c·10⁷ + i) mod 2³²
+    assert seeds == [(3 * 2_654_435_769 + 10**7 + 16 + i) % 2**32 for i in range(4)]
     prompt = run.concepts["nurse"].prompts.prompt
     # the same seeds, generated alone or inside a larger batch, give identical pixels
     alone = generate_images(run.pipe, [prompt] * 4, seeds, run.generation)
@@ -41,7 +42,7 @@ def test_named_seeds_give_the_same_images_at_the_same_weights(sd1_dir, tiny_clip
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # a proposal may name any seeds
     listed = Proposal("nurse", np.zeros(2), "absolute", 3, seed_indices=(40, 17, 3))
-    assert run._proposal_seeds(listed) == [run.seed + SEEDS_PER_CONCEPT + i for i in (40, 17, 3)]
+    assert run._proposal_seeds(listed) == [(3 * 2_654_435_769 + 10**7 + i) % 2**32 for i in (40, 17, 3)]
     run.close()
 
 
@@ -61,7 +62,7 @@ def test_the_loop_uses_the_named_seeds_and_logs_them_for_resume(sd1_dir, tiny_cl
     log = run.log
     assert all(entry["seed_start"] is not None for entry in log)
     for entry in log:
-        base = run.seed + run.order.index(entry["concept"]) * SEEDS_PER_CONCEPT
+        base = run.order.index(entry["concept"]) * 10**7
         indices = entry.get("seed_indices") or range(entry["seed_start"], entry["seed_start"] + entry["n_images"])
         assert entry["seeds"] == [base + indices[0], base + indices[-1]] and len(indices) == entry["n_images"]
         # every image's label is logged, and they add up to the logged counts
