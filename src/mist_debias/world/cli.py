@@ -72,7 +72,7 @@ def bench(
     out: Path = typer.Option(Path("runs/world-bench"), "--out", help="Benchmark folder (one run folder per row)."),
     concepts: str = typer.Option("doctor,CEO", "--concepts", help="Comma-separated: doctor, nurse, CEO, CEO-race."),
     methods: str = typer.Option(
-        "original,mist,mist-official-paper,mist-official,uce,time", "--methods", help="Comma-separated."
+        None, "--methods", help="Comma-separated (default: every method: original, mist, mist-official-paper, …)."
     ),
     budget: int = typer.Option(2048, "--budget", help="Image budget of each debias run."),
     seed: int = typer.Option(0, "--seed", help="Seed of the loops and of the measurement images."),
@@ -94,10 +94,11 @@ def bench(
 
     console = Console(stderr=True)
     try:
+        chosen = {} if methods is None else {"methods": tuple(n.strip() for n in methods.split(",") if n.strip())}
         settings = BenchSettings(
             model=None if model is None else str(model),
             concepts=tuple(name.strip() for name in concepts.split(",") if name.strip()),
-            methods=tuple(name.strip() for name in methods.split(",") if name.strip()),
+            **chosen,
             budget=budget,
             seed=seed,
             validate=validate,
