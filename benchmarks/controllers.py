@@ -32,7 +32,8 @@ def benchmark_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
     """Named plants with their targets and budgets.
 
     Two cells from 85/15 at weight scales where the official step 0.1 is about right, too weak, far too weak
-    or far too strong; a saturating response; eight cells with cross-talk; the CEO's steepness (0.25 in weight
+    or far too strong; a saturating response; the doctor's response (steeper near balance than
+    logit-linear); eight cells with cross-talk; the CEO's steepness (0.25 in weight
     moves a batch from 27/19/9/5 to 1/10/18/19) with four and twelve cells, undecodable images beyond
     |w| = 5 and the concept fading for large edits; cells that are products of axes (gender × age,
     gender × race × age) under an edit that moves each axis and not their interaction, as on the world,
@@ -52,6 +53,7 @@ def benchmark_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
         "K2 weak (scale 0.3)": (SeededPlant.from_ratios(start, 0.3), half, 20000),
         "K2 strong (scale 150)": (SeededPlant.from_ratios(start, 150.0), half, 20000),
         "K2 saturating": (SeededPlant.from_ratios(start, 3.0, saturation=0.4), half, 20000),
+        "K2 doctor-steep": (doctor_steep(), half, 20000),
         "K8 moderate, cross-talk": (
             SeededPlant.from_ratios(eight, 2.0, cross=0.3, seed=3, invalid_rate=0.02),
             tuple(np.full(8, 1 / 8)),
@@ -86,6 +88,12 @@ def honesty_plants() -> dict[str, tuple[SeededPlant, tuple[float, ...], int]]:
         "K2 concept lost": (SeededPlant.from_ratios([0.95, 0.05], 0.5, loss_radius=3.0), (0.5, 0.5), 6000),
         "K4 axes, dependence": (dependent_axes(), tuple(np.full(4, 1 / 4)), 8000),
     }
+
+
+def doctor_steep() -> SeededPlant:
+    """The world's doctor over gender: 95% men unedited, 83% of seeds flipping within a narrow band around
+    w ≈ 0.76 (the mixture fitted to the doctor's measured shares at w = 0, 0.5, 0.74–0.78 and 1.12)."""
+    return SeededPlant(np.array([0.437, -0.437]), 0.575 * np.eye(2), steep_share=0.83, steep_scale=0.065)
 
 
 def axes_plant(axis_ratios) -> SeededPlant:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 from scipy import special
 
@@ -68,6 +70,21 @@ def test_two_cell_seeds_flip_once_at_their_own_threshold():
     cells = np.stack([plant.classify([-x, x], np.arange(300))[0] for x in xs])
     flips = np.sum(np.abs(np.diff(cells, axis=0)), axis=0)
     assert np.all(flips <= 1) and np.sum(flips == 1) > 250  # monotone per seed
+
+
+def test_a_plant_with_steep_seeds_is_their_mixture_and_steeper_than_logit_linear():
+    """A share p of seeds with noise σ g: the ratios are p·softmax(ℓ/σ) + (1 − p)·softmax(ℓ) over many seeds,
+    and near balance the share moves faster than the logit-linear plant with the same logits."""
+    wide = SeededPlant(np.array([0.437, -0.437]), 0.575 * np.eye(2))
+    steep = replace(wide, steep_share=0.83, steep_scale=0.065)
+    for x in (0.5, 0.76, 0.9):
+        logits = wide.logits([-x, x])
+        expected = 0.83 * special.softmax(logits / 0.065) + 0.17 * special.softmax(logits)
+        np.testing.assert_allclose(steep.ratios([-x, x]), expected)
+        counts, _, _ = steep.sample_seeds([-x, x], np.arange(40000))
+        np.testing.assert_allclose(counts / counts.sum(), expected, atol=4 * np.sqrt(0.25 / 40000))
+    slope = (steep.ratios([-0.77, 0.77])[1] - steep.ratios([-0.75, 0.75])[1]) / 0.02
+    assert slope > 5 * (wide.ratios([-0.77, 0.77])[1] - wide.ratios([-0.75, 0.75])[1]) / 0.02
 
 
 def test_seeded_plant_loses_the_concept_for_large_edits():

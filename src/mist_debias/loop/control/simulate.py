@@ -26,6 +26,12 @@ its fixed uniform ``u_s`` falls below the undecodable rate (or beyond the decoda
 longer shows the concept when ``max_j |w_j|`` exceeds its own loss threshold ``L_s = loss_radius · E_s^(1/4)``,
 ``E_s`` a fixed Exp(1) draw: the share kept is ``exp(−(max_j |w_j| / loss_radius)⁴)``, flat for small edits
 and falling steeply as edits grow (95% of the unedited share at ``max_j |w_j| ≈ 0.48 · loss_radius``).
+
+A share ``p`` of the seeds may carry *steep* noise ``σ g_s`` (σ = ``steep_scale`` < 1, chosen by another fixed
+uniform): those seeds flip within a narrow band of weights, and the population's ratios are the mixture
+``p · softmax(ℓ(w)/σ) + (1 − p) · softmax(ℓ(w))`` — steeper near balance and with heavier tails than any
+logit-linear response, as the world's doctor (83% of seeds at σ = 0.065 fit its measured share at seven
+weights to within 0.006).
 """
 
 from __future__ import annotations
@@ -124,6 +130,8 @@ class SeededPlant:
     loss_radius: float | None = None
     noise_seed: int = 0
     coupling: np.ndarray | None = None
+    steep_share: float = 0.0
+    steep_scale: float = 1.0
 
     @classmethod
     def from_ratios(
@@ -167,8 +175,9 @@ class SeededPlant:
         return {}
 
     def _draws(self, seeds: np.ndarray) -> np.ndarray:
-        """Per seed: K Gumbel values, a uniform (undecodable when below the rate), an Exp(1) (concept loss)."""
-        rows = np.empty((len(seeds), self.num_cells + 2))
+        """Per seed: K Gumbel values, a uniform (undecodable when below the rate), an Exp(1) (concept loss), a
+        uniform (steep noise when below the steep share)."""
+        rows = np.empty((len(seeds), self.num_cells + 3))
         for block in np.unique(seeds // _SEED_BLOCK):
             if block not in self._blocks:
                 rng = np.random.default_rng([self.noise_seed, int(block)])
@@ -177,6 +186,7 @@ class SeededPlant:
                         rng.gumbel(size=(_SEED_BLOCK, self.num_cells)),
                         rng.uniform(size=_SEED_BLOCK),
                         rng.exponential(size=_SEED_BLOCK),
+                        rng.uniform(size=_SEED_BLOCK),
                     ]
                 )
             where = seeds // _SEED_BLOCK == block
@@ -188,7 +198,11 @@ class SeededPlant:
 
     def ratios(self, weights) -> np.ndarray:
         """The true cell ratios at absolute weights ``w`` (over the whole seed population)."""
-        return special.softmax(self.logits(weights))
+        logits = self.logits(weights)
+        wide = special.softmax(logits)
+        if self.steep_share == 0.0:
+            return wide
+        return self.steep_share * special.softmax(logits / self.steep_scale) + (1.0 - self.steep_share) * wide
 
     def kept_share(self, weights) -> float:
         """The true share of images that still show the concept at ``w``."""
@@ -200,7 +214,8 @@ class SeededPlant:
         """Per seed: its cell (−1 when undecodable) and whether it still shows the concept."""
         seeds = np.asarray(seeds, dtype=np.int64)
         draws = self._draws(seeds)
-        cells = np.argmax(self.logits(weights) + draws[:, : self.num_cells], axis=1)
+        scale = np.where(draws[:, self.num_cells + 2] < self.steep_share, self.steep_scale, 1.0)
+        cells = np.argmax(self.logits(weights) + scale[:, None] * draws[:, : self.num_cells], axis=1)
         invalid = draws[:, self.num_cells] < self.invalid_rate
         if self.decodable_limit is not None and np.max(np.abs(weights)) > self.decodable_limit:
             invalid[:] = True
