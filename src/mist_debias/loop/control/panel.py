@@ -22,8 +22,11 @@ Each concept runs this loop:
    closest to the target, compared on common panel blocks, among weights whose images decode and keep the
    concept) inside a trust region judged on common seeds (the ratio of the change measured to the change
    the model predicted; steps into undecodable or concept-losing weights halve it). With two cells the aim
-   also stays inside the bracket of weights whose 99.5% interval excludes the target. The aim never goes
-   beyond the smallest edit known to lose the concept.
+   also stays inside the bracket of weights whose 99.5% interval excludes the target, and once a look surely
+   missed (its fresh images' 95% interval excludes the target) it aims where the measured response crosses
+   the target on a chord next to that look (isotonic regression of the measured ratios, interpolated
+   linearly) instead of the fit: a response steeper near balance than logit-linear, as the world's doctor,
+   fools the fit but not the chord. The aim never goes beyond the smallest edit known to lose the concept.
 4. **Look or search.** When the aim was not cut short by the trust region or the bracket, the controller
    predicts how likely a look of n fresh images there certifies (:func:`~mist_debias.loop.control.certify.plan_look`,
    from the prediction and the sampling error of the distinct seeds measured near it) and takes the n with
@@ -70,6 +73,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from scipy.optimize import isotonic_regression
 
 from mist_debias.loop.control.base import (
     ConceptStatus,
@@ -103,6 +107,25 @@ _BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval
 
 def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.max(np.abs(a - b)) <= 1e-12 * (1.0 + float(np.max(np.abs(a)))))
+
+
+def _crossing(pooled: dict[float, np.ndarray], target: float, ends: set[float]) -> float | None:
+    """Where the isotonic regression of the first cell's ratio over ``x`` (pooled two-cell counts per x) crosses
+    ``target``, interpolated linearly between the first pair of neighbours around it with one of them in
+    ``ends`` (None if there is none)."""
+    if len(pooled) < 2:
+        return None
+    x = np.array(sorted(pooled))
+    counts = np.array([pooled[v] for v in x])
+    n = counts.sum(axis=1)
+    ratio = counts[:, 0] / n
+    increasing = float(np.sum(n * (x - np.average(x, weights=n)) * ratio)) >= 0.0
+    gap = isotonic_regression(ratio, weights=n, increasing=increasing).x - target
+    for i in range(len(x) - 1):
+        a, b = gap[i], gap[i + 1]
+        if a * b <= 0.0 and a != b and (x[i] in ends or x[i + 1] in ends):
+            return float(x[i] + (x[i + 1] - x[i]) * a / (a - b))
+    return None
 
 
 @dataclass
@@ -402,6 +425,46 @@ class PanelController(Controller):
             x = 2.0 * high - x
         return x * direction
 
+    def _interpolate(self, concept: str) -> np.ndarray | None:
+        """Two cells, once a look surely missed (its fresh images' 1 − α Wilson interval excludes the target): the
+        weight where the measured response crosses the target, read off a chord (None when there is no crossing
+        to read: aim with the model).
+
+        The first cell's ratio is monotone along the edit direction ``x = w·d``. Measured ratios, weighted by their
+        images, are made monotone (isotonic regression, pool adjacent violators; the direction from the weighted
+        slope's sign) and the crossing is interpolated linearly between its two neighbours (Stylianou & Flournoy
+        2002): first on the looks' fresh images alone (unbiased, so the chord between looks on either side of
+        the target is the secant of the true response), else on every usable weight (panel and fresh) between a
+        missed look and its neighbour. Near balance a response can be far steeper than a logit-linear fit
+        through distant weights says (the world's doctor is about twice as steep); a chord next to a look is
+        not fooled by that. Panel levels share their seeds' sampling error, so a chord between two panel
+        weights alone is not used."""
+        state = self._states[concept]
+        t = self.concepts[concept].target_array[0]
+        direction = zero_sum_basis(2)[:, 0]
+        fresh: dict[float, np.ndarray] = {}
+        missed = set()
+        for site in state.sites:
+            batch = site.pooled
+            if site.passed or not self._usable(state, batch):
+                continue
+            x = round(float(site.weights @ direction), 12)
+            fresh[x] = fresh.get(x, np.zeros(2)) + batch.counts
+            lower, upper = wilson_interval(batch.counts[0], batch.n, self.alpha)
+            if upper < t or lower > t:
+                missed.add(x)
+        if not missed:
+            return None
+        crossing = _crossing(fresh, t, set(fresh))
+        if crossing is None:
+            pooled: dict[float, np.ndarray] = {}
+            for w, batch in self._measured(state):
+                if self._usable(state, batch):
+                    x = round(float(w @ direction), 12)
+                    pooled[x] = pooled.get(x, np.zeros(2)) + batch.counts
+            crossing = _crossing(pooled, t, missed)
+        return None if crossing is None else crossing * direction
+
     def _aim(self, concept: str, model: LogitLinearResponse, solution: np.ndarray) -> tuple[np.ndarray, bool, bool]:
         """(aimed weights, limited by the trust region or bracket, limited by the concept-lost edge), stepping
         from the centre toward the model's ``solution`` for the target."""
@@ -578,7 +641,8 @@ class PanelController(Controller):
             return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), grow=False)
 
         best = model.solve(t)
-        weights, limited, lost_limited = self._aim(concept, model, best)
+        interpolated = self._interpolate(concept) if spec.num_cells == 2 else None
+        weights, limited, lost_limited = self._aim(concept, model, best if interpolated is None else interpolated)
         centre = state.points[self._centre(concept)]
         if (
             self._out_of_reach(concept, model, best)
@@ -591,6 +655,8 @@ class PanelController(Controller):
                 return _Plan(centre.weights, 0, 0, "out_of_reach")
             weights, limited = centre.weights.copy(), False
         predicted = model.ratios(weights)
+        if interpolated is not None and _same_weights(weights, interpolated):
+            predicted = t.copy()
         spread = self._spread(concept, model, predicted)
         usable = [w for w, b in self._measured(state) if self._usable(state, b)] or [state.points[0].weights]
         distance = min(float(np.max(np.abs(predicted - model.ratios(w)))) for w in usable)
