@@ -24,6 +24,13 @@ def test_observations_with_labels_and_named_seeds_round_trip_and_must_agree():
     assert list(obs.seeds()) == [5, 9, 7, 8]
 
 
+def test_a_concept_target_round_trips_with_its_coupling():
+    target = ConceptTarget("c", (0.25,) * 4, 0.04, coupling=tuple(tuple(row) for row in 0.5 + 0.5 * np.eye(4)))
+    assert ConceptTarget.from_dict(target.to_dict()) == target
+    plain = ConceptTarget("d", (0.3, 0.7))
+    assert ConceptTarget.from_dict(plain.to_dict()) == plain and "coupling" not in plain.to_dict()
+
+
 def test_a_proposal_naming_seeds_is_granted_whole_or_waits():
     proposal = Proposal("c", np.zeros(2), "absolute", 3, seed_indices=(8, 2, 5))
     assert proposal.seed_start == 8 and list(proposal.seeds()) == [8, 2, 5]

@@ -210,7 +210,8 @@ def test_an_unconverged_run_reports_its_best_supported_weight_pooled():
 
 
 def test_replay_from_the_log_proposes_the_same_and_reports_the_same():
-    concepts = [ConceptTarget("doctor", HALF), ConceptTarget("CEO", (0.25,) * 4)]
+    # the doctor's cells carry an edit coupling (as in a run): the configuration must bring it back
+    concepts = [ConceptTarget("doctor", HALF, coupling=((1.0, 0.57), (0.57, 1.0))), ConceptTarget("CEO", (0.25,) * 4)]
     plants = {
         "doctor": _plant(3.0, noise_seed=6, loss_radius=20.0),
         "CEO": SeededPlant.from_ratios([0.45, 0.33, 0.14, 0.08], 8.0, cross=0.3, seed=5, loss_radius=10.0),
@@ -229,6 +230,7 @@ def test_replay_from_the_log_proposes_the_same_and_reports_the_same():
     assert all(obs.kept is not None and obs.seed_start is not None and obs.labels for obs in log)
     assert any(obs.seed_indices is not None for obs in log)
     restored = controller_from_dict(config)
+    assert restored.to_dict() == original.to_dict()
     for obs in log:
         restored.observe(
             obs.concept, obs.weights, obs.counts, obs.n_invalid, obs.kept, obs.seed_start, obs.seed_indices, obs.labels

@@ -88,6 +88,17 @@ class ConceptTarget:
             data["coupling"] = [list(row) for row in self.coupling]
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ConceptTarget:
+        """The inverse of :meth:`to_dict` (the coupling included)."""
+        coupling = data.get("coupling")
+        return cls(
+            data["name"],
+            tuple(data["target"]),
+            data["tolerance"],
+            None if coupling is None else tuple(tuple(row) for row in coupling),
+        )
+
 
 def encode_labels(cells, kept=None, num_cells: int | None = None) -> tuple[int, ...]:
     """One integer per image: its cell j (``0 ≤ j < K``) when it shows the concept (or nobody can tell),
@@ -304,7 +315,7 @@ class Controller(ABC):
     @classmethod
     def from_dict(cls, config: dict) -> Controller:
         options = {k: v for k, v in config.items() if k not in ("controller", "concepts", "budget")}
-        concepts = [ConceptTarget(c["name"], tuple(c["target"]), c["tolerance"]) for c in config["concepts"]]
+        concepts = [ConceptTarget.from_dict(c) for c in config["concepts"]]
         return cls(concepts, budget=config["budget"], **options)
 
     @classmethod
