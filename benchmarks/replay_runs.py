@@ -36,16 +36,7 @@ def first_difference(folder: Path) -> str | None:
         same = gap <= WEIGHT_TOLERANCE * (1.0 + float(np.max(np.abs(proposal.weights)))) and now[1:] == logged[1:]
         if not same:
             return f"batch {step}: the run generated {logged}, the controller now proposes {now}"
-        controller.observe(
-            entry["concept"],
-            entry["weights"],
-            entry["counts"],
-            entry["n_invalid"],
-            entry.get("kept"),
-            entry.get("seed_start"),
-            seed_indices=entry.get("seed_indices"),
-            labels=entry.get("labels"),
-        )
+        controller.observe_logged(entry)
     return None
 
 

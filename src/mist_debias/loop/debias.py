@@ -268,16 +268,7 @@ class DebiasRun:
             if {p.mode for p in proposals.values()} == {"increment"}:
                 self.compounded = self._round_update(proposals)
             for entry in round_entries:
-                self.controller.observe(
-                    entry["concept"],
-                    entry["weights"],
-                    entry["counts"],
-                    entry["n_invalid"],
-                    entry.get("kept"),
-                    entry.get("seed_start"),
-                    seed_indices=entry.get("seed_indices"),
-                    labels=entry.get("labels"),
-                )
+                self.controller.observe_logged(entry)
                 self.log.append(entry)
         if self.log:
             self.unet_evaluations = self.log[-1]["unet_evaluations"]

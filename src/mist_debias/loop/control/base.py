@@ -323,17 +323,7 @@ class Controller(ABC):
         """Rebuild a controller from its configuration and its logged observations, in order."""
         controller = cls.from_dict(config)
         for obs in observations:
-            obs = obs if isinstance(obs, Observation) else Observation.from_dict(obs)
-            controller.observe(
-                obs.concept,
-                obs.weights,
-                obs.counts,
-                obs.n_invalid,
-                obs.kept,
-                obs.seed_start,
-                seed_indices=obs.seed_indices,
-                labels=obs.labels,
-            )
+            controller.observe_logged(obs)
         return controller
 
     # ----------------------------------------------------------------------------- the contract
@@ -348,6 +338,21 @@ class Controller(ABC):
 
     def concept_images(self, concept: str) -> int:
         return sum(obs.n_images for obs in self.observations if obs.concept == concept)
+
+    def observe_logged(self, record: Observation | dict) -> None:
+        """Record a logged observation (an :class:`Observation` or a log row holding its
+        :meth:`~Observation.to_dict` keys; other keys are ignored) exactly as :meth:`observe` first recorded it."""
+        obs = record if isinstance(record, Observation) else Observation.from_dict(record)
+        self.observe(
+            obs.concept,
+            obs.weights,
+            obs.counts,
+            obs.n_invalid,
+            obs.kept,
+            obs.seed_start,
+            seed_indices=obs.seed_indices,
+            labels=obs.labels,
+        )
 
     def observe(
         self,

@@ -109,6 +109,20 @@ def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.max(np.abs(a - b)) <= 1e-12 * (1.0 + float(np.max(np.abs(a)))))
 
 
+def _position(weights: np.ndarray, direction: np.ndarray) -> float:
+    """Two cells: ``x = w·d`` along the edit direction, rounded so that one weight is one position."""
+    return round(float(weights @ direction), 12)
+
+
+def _along(measured: Sequence[tuple[np.ndarray, _Batch]], direction: np.ndarray) -> dict[float, np.ndarray]:
+    """Two cells: the counts of every measured weight, pooled per position along the edit direction."""
+    pooled: dict[float, np.ndarray] = {}
+    for weights, batch in measured:
+        x = _position(weights, direction)
+        pooled[x] = pooled.get(x, np.zeros(2)) + batch.counts
+    return pooled
+
+
 def _crossing(pooled: dict[float, np.ndarray], target: float, ends: set[float]) -> float | None:
     """Where the isotonic regression of the first cell's ratio over ``x`` (pooled two-cell counts per x) crosses
     ``target``, interpolated linearly between the first pair of neighbours around it with one of them in
@@ -442,27 +456,20 @@ class PanelController(Controller):
         state = self._states[concept]
         t = self.concepts[concept].target_array[0]
         direction = zero_sum_basis(2)[:, 0]
-        fresh: dict[float, np.ndarray] = {}
+        looks = [(site.weights, site.pooled) for site in state.sites if not site.passed]
+        looks = [(w, batch) for w, batch in looks if self._usable(state, batch)]
         missed = set()
-        for site in state.sites:
-            batch = site.pooled
-            if site.passed or not self._usable(state, batch):
-                continue
-            x = round(float(site.weights @ direction), 12)
-            fresh[x] = fresh.get(x, np.zeros(2)) + batch.counts
+        for w, batch in looks:
             lower, upper = wilson_interval(batch.counts[0], batch.n, self.alpha)
             if upper < t or lower > t:
-                missed.add(x)
+                missed.add(_position(w, direction))
         if not missed:
             return None
+        fresh = _along(looks, direction)
         crossing = _crossing(fresh, t, set(fresh))
         if crossing is None:
-            pooled: dict[float, np.ndarray] = {}
-            for w, batch in self._measured(state):
-                if self._usable(state, batch):
-                    x = round(float(w @ direction), 12)
-                    pooled[x] = pooled.get(x, np.zeros(2)) + batch.counts
-            crossing = _crossing(pooled, t, missed)
+            measured = [(w, batch) for w, batch in self._measured(state) if self._usable(state, batch)]
+            crossing = _crossing(_along(measured, direction), t, missed)
         return None if crossing is None else crossing * direction
 
     def _aim(self, concept: str, model: LogitLinearResponse, solution: np.ndarray) -> tuple[np.ndarray, bool, bool]:
