@@ -68,11 +68,14 @@ of the best-measured one, the one whose simultaneous intervals bound ``max_j |r_
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
+from scipy import special
 from scipy.optimize import isotonic_regression
 
 from mist_debias.loop.control.base import (
@@ -103,6 +106,10 @@ _EVIDENCE_SHARE = 0.25  # an unconverged run reports a weight with ≥ this shar
 _CHEAP_SHARE = 0.8  # a panel block is completed at a searched weight when at most this share must be generated
 _SNAP_SHARE = 0.005  # an aim within this share of a searched weight's size is that weight
 _BRACKET_ALPHA = 0.005  # a weight ends the bracket only when its 99.5% interval excludes the target
+_CHORD_REACH = 0.35  # before a look misses, a chord's ends lie within this of the target share
+_CHORD_IMAGES = 128  # ... and each holds at least this many panel images
+_CHORD_Z = 3.0  # ... and their measured change exceeds the model's by this many standard errors
+_CHORD_GAIN = 4.0  # a chord may claim a response at most this many times steeper than the model's
 
 
 def _same_weights(a: np.ndarray, b: np.ndarray) -> bool:
@@ -123,10 +130,27 @@ def _along(measured: Sequence[tuple[np.ndarray, _Batch]], direction: np.ndarray)
     return pooled
 
 
-def _crossing(pooled: dict[float, np.ndarray], target: float, ends: set[float]) -> float | None:
+class _Chord(NamedTuple):
+    """Where a chord crosses the target (``x`` along the edit direction), from which of its two ends (``anchor``)
+    and the isotonic regression's level there (``level``)."""
+
+    x: float
+    anchor: float
+    level: float
+
+
+def _crossing(
+    pooled: dict[float, np.ndarray],
+    target: float,
+    ends: set[float] | None = None,
+    logit: bool = False,
+    reach: float = 1.0,
+) -> _Chord | None:
     """Where the isotonic regression of the first cell's ratio over ``x`` (pooled two-cell counts per x) crosses
-    ``target``, interpolated linearly between the first pair of neighbours around it with one of them in
-    ``ends`` (None if there is none)."""
+    ``target``, interpolated linearly (in log-odds with ``logit``, which is exact for a logit-linear response)
+    between the first pair of neighbours around it with one of them in ``ends`` (any pair when None); anchored
+    at the end nearer the target. None if there is no such pair, or if either end's level is more than
+    ``reach`` from the target."""
     if len(pooled) < 2:
         return None
     x = np.array(sorted(pooled))
@@ -134,11 +158,18 @@ def _crossing(pooled: dict[float, np.ndarray], target: float, ends: set[float]) 
     n = counts.sum(axis=1)
     ratio = counts[:, 0] / n
     increasing = float(np.sum(n * (x - np.average(x, weights=n)) * ratio)) >= 0.0
-    gap = isotonic_regression(ratio, weights=n, increasing=increasing).x - target
+    level = isotonic_regression(ratio, weights=n, increasing=increasing).x
+    gap = level - target
+    if logit:
+        clipped = np.clip(level, 0.5 / n, 1.0 - 0.5 / n)
+        gap = special.logit(clipped) - special.logit(target)
     for i in range(len(x) - 1):
         a, b = gap[i], gap[i + 1]
-        if a * b <= 0.0 and a != b and (x[i] in ends or x[i + 1] in ends):
-            return float(x[i] + (x[i + 1] - x[i]) * a / (a - b))
+        if a * b <= 0.0 and a != b and (ends is None or x[i] in ends or x[i + 1] in ends):
+            if max(abs(level[i] - target), abs(level[i + 1] - target)) > reach:
+                return None
+            anchor = min((k for k in (i, i + 1) if ends is None or x[k] in ends), key=lambda k: abs(gap[k]))
+            return _Chord(float(x[i] + (x[i + 1] - x[i]) * a / (a - b)), float(x[anchor]), float(level[anchor]))
     return None
 
 
@@ -439,38 +470,81 @@ class PanelController(Controller):
             x = 2.0 * high - x
         return x * direction
 
-    def _interpolate(self, concept: str) -> np.ndarray | None:
-        """Two cells, once a look surely missed (its fresh images' 1 − α Wilson interval excludes the target): the
-        weight where the measured response crosses the target, read off a chord (None when there is no crossing
-        to read: aim with the model).
+    def _interpolate(self, concept: str, model: LogitLinearResponse) -> np.ndarray | None:
+        """Two cells: the weight where the measured response crosses the target, read off a chord, when the
+        measurements say the model is wrong there (None: aim with the model).
 
         The first cell's ratio is monotone along the edit direction ``x = w·d``. Measured ratios, weighted by their
         images, are made monotone (isotonic regression, pool adjacent violators; the direction from the weighted
-        slope's sign) and the crossing is interpolated linearly between its two neighbours (Stylianou & Flournoy
-        2002): first on the looks' fresh images alone (unbiased, so the chord between looks on either side of
-        the target is the secant of the true response), else on every usable weight (panel and fresh) between a
-        missed look and its neighbour. Near balance a response can be far steeper than a logit-linear fit
-        through distant weights says (the world's doctor is about twice as steep); a chord next to a look is
-        not fooled by that. Panel levels share their seeds' sampling error, so a chord between two panel
-        weights alone is not used."""
+        slope's sign) and the crossing is interpolated between its two neighbours (Stylianou & Flournoy 2002).
+        Near balance a response can be far steeper than a logit-linear fit through distant weights says (the
+        world's doctor is about twice as steep), and the fit's aims then overshoot. The chord is used
+
+        - once a look surely missed (its fresh images' 1 − α Wilson interval excludes the target): first on the
+          looks' fresh images alone (unbiased, so the chord between looks on either side of the target is the
+          secant of the true response), else on every usable weight (panel and fresh) between a missed look and
+          its neighbour, interpolated linearly;
+        - before that, in log-odds over every usable weight, when the two weights around the crossing are near
+          the target and the model is surely too shallow between them (:meth:`_steeper`). Panel levels share
+          their seeds' sampling error, so a chord between panel weights is not taken on its word alone.
+
+        Either way the step from the chord's anchor is stretched so that the model predicts at least a
+        ``1/_CHORD_GAIN`` share of the change the chord wants (:meth:`_stretch`): a chord through a noisy
+        neighbour close by can claim a response far steeper than it is, and would creep toward the target by
+        small steps, each a look."""
         state = self._states[concept]
         t = self.concepts[concept].target_array[0]
         direction = zero_sum_basis(2)[:, 0]
         looks = [(site.weights, site.pooled) for site in state.sites if not site.passed]
         looks = [(w, batch) for w, batch in looks if self._usable(state, batch)]
+        measured = [(w, batch) for w, batch in self._measured(state) if self._usable(state, batch)]
         missed = set()
         for w, batch in looks:
             lower, upper = wilson_interval(batch.counts[0], batch.n, self.alpha)
             if upper < t or lower > t:
                 missed.add(_position(w, direction))
-        if not missed:
-            return None
-        fresh = _along(looks, direction)
-        crossing = _crossing(fresh, t, set(fresh))
-        if crossing is None:
-            measured = [(w, batch) for w, batch in self._measured(state) if self._usable(state, batch)]
-            crossing = _crossing(_along(measured, direction), t, missed)
-        return None if crossing is None else crossing * direction
+        if missed:
+            fresh = _along(looks, direction)
+            chord = _crossing(fresh, t, set(fresh)) or _crossing(_along(measured, direction), t, missed)
+        else:
+            chord = _crossing(_along(measured, direction), t, logit=True, reach=_CHORD_REACH)
+            if chord is not None and not self._steeper(concept, model, chord):
+                chord = None
+        return None if chord is None else self._stretch(concept, model, chord) * direction
+
+    def _steeper(self, concept: str, model: LogitLinearResponse, chord: _Chord) -> bool:
+        """The panel weights at the chord's anchor and at its neighbour across the crossing (each with at least
+        ``_CHORD_IMAGES`` images) changed the ratio by more than the model predicts between them, by more than
+        ``_CHORD_Z`` standard errors of the difference (taken as independent: their common seeds only make it
+        more precise)."""
+        state = self._states[concept]
+        direction = zero_sum_basis(2)[:, 0]
+        points = {_position(p.weights, direction): p for p in state.points if self._usable(state, p.pooled())}
+        positions = sorted(points)
+        neighbour = None
+        for low, high in itertools.pairwise(positions):
+            if low <= chord.x <= high:
+                neighbour = high if low == chord.anchor else low
+        if neighbour is None or chord.anchor not in points:
+            return False
+        ends = (points[chord.anchor], points[neighbour])
+        batches = [end.pooled() for end in ends]
+        if min(batch.n for batch in batches) < _CHORD_IMAGES:
+            return False
+        ratios = [batch.counts[0] / batch.n for batch in batches]
+        error = math.sqrt(sum(max(r * (1.0 - r), 0.25 / b.n) / b.n for r, b in zip(ratios, batches, strict=True)))
+        predicted = abs(model.ratios(ends[1].weights)[0] - model.ratios(ends[0].weights)[0])
+        return abs(ratios[1] - ratios[0]) - predicted > _CHORD_Z * error
+
+    def _stretch(self, concept: str, model: LogitLinearResponse, chord: _Chord) -> float:
+        """The chord's crossing, its step from the anchor stretched until the model predicts at least
+        ``1/_CHORD_GAIN`` of the change the chord wants there (``|t − level|``)."""
+        wanted = abs(self.concepts[concept].target_array[0] - chord.level)
+        direction = zero_sum_basis(2)[:, 0]
+        predicted = abs(model.ratios(chord.x * direction)[0] - model.ratios(chord.anchor * direction)[0])
+        if 0.0 < predicted * _CHORD_GAIN < wanted:
+            return chord.anchor + (chord.x - chord.anchor) * wanted / (predicted * _CHORD_GAIN)
+        return chord.x
 
     def _aim(self, concept: str, model: LogitLinearResponse, solution: np.ndarray) -> tuple[np.ndarray, bool, bool]:
         """(aimed weights, limited by the trust region or bracket, limited by the concept-lost edge), stepping
@@ -648,7 +722,7 @@ class PanelController(Controller):
             return self._search(concept, self.initial_step * direction / np.max(np.abs(direction)), grow=False)
 
         best = model.solve(t)
-        interpolated = self._interpolate(concept) if spec.num_cells == 2 else None
+        interpolated = self._interpolate(concept, model) if spec.num_cells == 2 else None
         weights, limited, lost_limited = self._aim(concept, model, best if interpolated is None else interpolated)
         centre = state.points[self._centre(concept)]
         if (
