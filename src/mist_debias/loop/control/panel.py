@@ -26,7 +26,10 @@ Each concept runs this loop:
    missed (its fresh images' 95% interval excludes the target) it aims where the measured response crosses
    the target on a chord next to that look (isotonic regression of the measured ratios, interpolated
    linearly) instead of the fit: a response steeper near balance than logit-linear, as the world's doctor,
-   fools the fit but not the chord. The aim never goes beyond the smallest edit known to lose the concept.
+   fools the fit but not the chord. Before any look it takes the log-odds chord only when the two panel
+   weights around the crossing changed the ratio surely more than the fit says (the fit is too shallow
+   there); a chord step the model calls far too small is stretched (:meth:`PanelController._interpolate`).
+   The aim never goes beyond the smallest edit known to lose the concept.
 4. **Look or search.** When the aim was not cut short by the trust region or the bracket, the controller
    predicts how likely a look of n fresh images there certifies (:func:`~mist_debias.loop.control.certify.plan_look`,
    from the prediction and the sampling error of the distinct seeds measured near it) and takes the n with
