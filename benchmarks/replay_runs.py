@@ -11,11 +11,11 @@ batch is proposed again would be the same run today: its numbers still hold with
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
+from mist_debias.core.run_folder import read_json, read_jsonl
 from mist_debias.loop.control import controller_from_dict
 
 # The same weights up to floating-point summation order (BLAS threads may reorder the fit's sums).
@@ -24,9 +24,8 @@ WEIGHT_TOLERANCE = 1e-9
 
 def first_difference(folder: Path) -> str | None:
     """None when today's controller proposes every logged batch again, else where it first departs."""
-    controller = controller_from_dict(json.loads((folder / "summary.json").read_text())["controller"])
-    entries = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
-    for step, entry in enumerate(entries):
+    controller = controller_from_dict(read_json(folder / "summary.json")["controller"])
+    for step, entry in enumerate(read_jsonl(folder / "log.jsonl")):
         proposal = {p.concept: p for p in controller.propose()}.get(entry["concept"])
         logged = (np.round(entry["weights"], 4).tolist(), entry["n_images"], entry.get("seed_start"))
         if proposal is None:

@@ -262,9 +262,7 @@ def test_replay_from_the_log_proposes_the_same_and_reports_the_same():
     restored = controller_from_dict(config)
     assert restored.to_dict() == original.to_dict()
     for obs in log:
-        restored.observe(
-            obs.concept, obs.weights, obs.counts, obs.n_invalid, obs.kept, obs.seed_start, obs.seed_indices, obs.labels
-        )
+        restored.observe_logged(obs)
     for a, b in zip(restored.propose(), original.propose(), strict=True):
         assert a.weights.tolist() == b.weights.tolist() and (a.n_images, a.seeds()) == (b.n_images, b.seeds())
     for name in plants:
