@@ -16,6 +16,7 @@ from transformers.utils import logging as transformers_logging
 from mist_debias.core.choices import DTYPE_NAMES
 from mist_debias.core.errors import ModelLoadError
 from mist_debias.core.families import detect_family, find_projections
+from mist_debias.core.locations import looks_like_path
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -39,15 +40,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
-def _looks_like_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") != 1
-
-
 def _load_failure(model: str, error: Exception) -> str:
     """One complete, short line for a failed ``from_pretrained``: a hub id that cannot be fetched (diffusers
     raises ``OSError`` for a missing repository and for an unreachable hub alike), else the error's first
     sentence."""
-    if isinstance(error, OSError) and not _looks_like_path(model):
+    if isinstance(error, OSError) and not looks_like_path(model):
         return f"cannot load model {model!r}: not a local folder and the hub is unreachable or has no such repository"
     text = " ".join(str(error).split())
     sentence = text.split(". ")[0].rstrip(".") if text else type(error).__name__
@@ -80,7 +77,7 @@ def load_pipeline(
     names the families it can edit).
     """
     model = str(model)
-    if _looks_like_path(model):
+    if looks_like_path(model):
         folder = Path(model).expanduser()
         if not folder.exists():
             raise ModelLoadError(f"model not found: {model}")

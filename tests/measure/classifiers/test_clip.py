@@ -190,7 +190,7 @@ def test_not_a_clip_model(tmp_path, tiny_clip_dir):
     }
     (tmp_path / "empty").mkdir()
     cases[str(tmp_path / "empty")] = "is not a CLIP model: no config.json"
-    cases[str(tmp_path / "missing" / "folder")] = "cannot load CLIP model"
+    cases[str(tmp_path / "missing" / "folder")] = "^CLIP model not found: .*missing/folder$"
     for path, message in cases.items():
         with pytest.raises(ClassifierError, match=message) as info:
             CLIPCellClassifier.load(path)

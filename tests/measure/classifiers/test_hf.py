@@ -121,7 +121,7 @@ def test_a_mapping_that_does_not_fit_the_spec_is_refused(values, spec, message):
 
 
 def test_loading_errors_are_one_line(tmp_path, vit_factory):
-    with pytest.raises(ClassifierError, match=r"^cannot read the config of .*missing") as error:
+    with pytest.raises(ClassifierError, match=r"^image-classification model not found: .*missing$") as error:
         read_labels(str(tmp_path / "missing"))
     assert "\n" not in str(error.value)
     # A folder whose weights are only a pickle: refused (safetensors only), never unpickled.
