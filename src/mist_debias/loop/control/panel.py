@@ -784,7 +784,9 @@ class PanelController(Controller):
         if plan.kind == "stuck" and lost_limited:
             return _Plan(weights, 0, 0, "concept_lost")
         if left is not None and plan.n_images > left:
-            return _Plan(weights, 0, 0, "budget")
+            # The search no longer fits: what is left goes to a look at the aim, the one way left to a certificate
+            # (and fresh evidence at the weight the run reports).
+            return look_plan if look_plan is not None else _Plan(weights, 0, 0, "budget")
         return plan
 
     # ------------------------------------------------------------------------------ the contract
