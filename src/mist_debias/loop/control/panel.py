@@ -37,7 +37,8 @@ Each concept runs this loop:
    one more panel block at the aim would not make the look cheaper by more than the block costs (a
    one-step look-ahead). Otherwise it searches: block 0 at the aim when the model can resolve the step,
    else the next new block at the aim (the panel grows where the search has settled), with every block that
-   is cheap there (below).
+   is cheap there (below). When the budget no longer holds that search, what is left goes to a look at the
+   aim, when a look of that size could certify.
 5. **Certify** (:mod:`mist_debias.loop.control.certify`): every cell's one-sided Clopper–Pearson bounds at the
    look's α inside ``[t_j − ε, t_j + ε]`` (an intersection–union equivalence test) and the concept not
    surely lost there. A failed look may be followed by the next look at the same weight, pooling its fresh
