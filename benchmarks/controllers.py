@@ -169,7 +169,7 @@ def main() -> None:
         f"{'true ok|cert':>12s} {'|r−t| true med':>14s} {'max':>6s} {'fresh med':>10s} {'time/run':>9s}"
     )
     for name, (plant, target, budget) in benchmark_plants().items():
-        if wanted and not any(w in name for w in wanted):
+        if not args.replicates or (wanted and not any(w in name for w in wanted)):
             continue
         medians = {}
         for controller_name in names:
@@ -195,7 +195,7 @@ def main() -> None:
     print(f"\nhonesty: {args.honesty_replicates} replicates; a certificate here is false (α = 0.05)")
     print(f"{'plant':26s} {'controller':10s} {'false cert.':>11s} {'reasons'}  (false: |r−t| > ε or kept < 95%)")
     for name, (plant, target, budget) in honesty_plants().items():
-        if wanted and not any(w in name for w in wanted):
+        if not args.honesty_replicates or (wanted and not any(w in name for w in wanted)):
             continue
         for controller_name in [n for n in names if n != "official"]:
             rows = [run(controller_name, plant, target, r, budget) for r in range(args.honesty_replicates)]
