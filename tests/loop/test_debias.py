@@ -146,6 +146,8 @@ def test_bad_debias_inputs(sd1_dir, tiny_clip_dir, tmp_path, capsys):
         ([*base, *CELLS, "--tolerance", "0.5", "--out", tmp_path / "a"], "tolerance"),
         ([*base, *CELLS, "--tolerance", "0", "--out", tmp_path / "a"], "tolerance"),
         ([*base, *CELLS, "--budget", "0", "--out", tmp_path / "a"], "budget"),
+        ([*base, *CELLS, "--budget", "10", "--out", tmp_path / "a"], "budget 10 cannot hold the first round"),
+        ([*base, *CELLS, "--grade-classifier", tmp_path / "nope", "--out", tmp_path / "a"], "model not found"),
         ([*base, *CELLS, "--out", existing], "is not a debias folder; refusing to use it"),
         ([*base, *CELLS, "--out", existing, "--resume"], "not a debias folder"),
         ([*base, *CELLS, "--out", existing, "--force"], "is not a debias folder; refusing to replace it"),
@@ -164,7 +166,7 @@ def test_bad_debias_inputs(sd1_dir, tiny_clip_dir, tmp_path, capsys):
 
 
 def test_resume_refuses_other_settings(sd1_dir, tiny_clip_dir, tmp_path, capsys):
-    prepare_run(config(sd1_dir, tiny_clip_dir, budget=64), tmp_path / "run", device="cpu")
+    prepare_run(config(sd1_dir, tiny_clip_dir, budget=128), tmp_path / "run", device="cpu")
     code, err = run_cli(
         capsys,
         "debias",
@@ -254,7 +256,7 @@ class FirstCell:
 
 def test_an_independent_grader_grades_the_fresh_seeds(sd1_dir, tiny_clip_dir, tiny_clip_factory, tmp_path):
     """The loop is driven by one classifier and graded by another: the fresh-seed numbers are the grader's."""
-    settings = config(sd1_dir, tiny_clip_dir, budget=64).with_overrides(
+    settings = config(sd1_dir, tiny_clip_dir, budget=128).with_overrides(
         {"classifier.evaluate": str(tiny_clip_factory(5))}
     )
     run, _ = prepare_run(settings, tmp_path / "run", device="cpu")

@@ -131,7 +131,8 @@ def build_controller(
     couplings: Sequence[np.ndarray] | None = None,
 ):
     """A controller of ``name`` for the run's concepts (with their cells' edit couplings, when given,
-    :meth:`~mist_debias.core.targets.EditProblem.coupling`); bad options raise :class:`MistError`."""
+    :meth:`~mist_debias.core.targets.EditProblem.coupling`); bad options, or a budget smaller than the first
+    round of images, raise :class:`MistError`."""
     couplings = couplings if couplings is not None else [None] * len(concepts)
     targets = [
         ConceptTarget(
@@ -140,9 +141,16 @@ def build_controller(
         for c, coupling in zip(concepts, couplings, strict=True)
     ]
     try:
-        return CONTROLLERS[name](targets, budget=budget, **dict(options))
+        controller = CONTROLLERS[name](targets, budget=budget, **dict(options))
+        first_round = sum(p.n_images for p in CONTROLLERS[name](targets, **dict(options)).propose())
     except (TypeError, ValueError) as error:
         raise MistError(f"controller {name!r}: {error}") from None
+    if budget is not None and budget < first_round:
+        raise MistError(
+            f"budget {budget} cannot hold the first round of images ({first_round}: the unedited model, measured"
+            " for every concept)"
+        )
+    return controller
 
 
 def kept_share(kept: int, n: int, alpha: float = 0.05) -> dict[str, float | int]:
