@@ -12,6 +12,7 @@ from mist_debias.loop.control.certify import (
     certifies_sequentially,
     equivalence_bounds,
     look_alpha,
+    plan_look,
 )
 from mist_debias.loop.control.kept import surely_lost
 from mist_debias.loop.control.panel import FRESH_SEED_START, _crossing
@@ -19,6 +20,16 @@ from mist_debias.loop.control.simulate import SeededPlant, simulate
 
 HALF = (0.5, 0.5)
 START = np.array([0.85, 0.15])
+# The world's doctor, run seed 2: weight along the edit, first seed index, counts (man, woman), undecodable.
+SEED_2_DOCTOR = [
+    (0.0, 0, (61, 3), 0),
+    (0.5, 0, (57, 5), 2),
+    (2.5, 0, (0, 57), 7),
+    (1.115592587132411, 64, (4, 56), 4),
+    (0.7679400026149483, 128, (58, 61), 9),
+    (0.7622307623170819, 256, (131, 114), 11),
+    (0.7766391038782702, FRESH_SEED_START, (305, 386), 45),
+]
 
 
 def _plant(scale, **kwargs):
@@ -325,3 +336,20 @@ def test_when_the_search_no_longer_fits_the_budget_the_rest_goes_to_a_look():
         simulate(controller, {"c": plant})
         status = controller.status("c")
         assert 1150 <= status.images_used <= 1200 and status.reason in ("budget", "converged")
+
+
+def test_belief_is_what_sizes_the_look():
+    """The world's doctor, run seed 2 (its logged counts up to its first look): the controller's belief at the
+    aim — the fit's ratios and their spread — is what picks the look's size (the fewest expected images per
+    certificate at the first look's α). Before any image there is no belief."""
+    controller = PanelController([ConceptTarget("doctor", HALF)])
+    assert controller.belief("doctor", (0.0, 0.0)) is None
+    for weight, seed_start, counts, invalid in SEED_2_DOCTOR[:6]:
+        controller.observe("doctor", (-weight, weight), counts, invalid, seed_start=seed_start)
+    (proposal,) = controller.propose()
+    assert proposal.seed_start == FRESH_SEED_START
+    predicted, spread = controller.belief("doctor", proposal.weights)
+    assert predicted.sum() == pytest.approx(1.0) and np.all(spread > 0)
+    sizes = np.arange(64, 4097, 16)
+    first_look_alpha = 0.05 * 0.85 * SITE_FIRST_LOOK_SHARE
+    assert plan_look(predicted, spread, np.array(HALF), 0.05, first_look_alpha, sizes)[0] == proposal.n_images

@@ -910,6 +910,16 @@ class PanelController(Controller):
         elif length >= state.radius * (1.0 - 1e-9):
             state.radius *= self.growth
 
+    def belief(self, concept: str, weights) -> tuple[np.ndarray, np.ndarray] | None:
+        """What the controller believes of the ratios at ``weights`` from what it has measured so far: the fitted
+        response's ratios, and how far the truth may lie from them (the spread that sizes looks). None before
+        there is a fit."""
+        model = self._fit(concept)
+        if model is None:
+            return None
+        predicted = model.ratios(np.asarray(weights, dtype=np.float64))
+        return predicted, self._spread(concept, model, predicted)
+
     def _fit_to_budget(self, wanted: int, left: int) -> int:
         return wanted if wanted <= left else 0
 
