@@ -48,11 +48,11 @@ def looks(folder: Path) -> list[str]:
     """For every fresh-seed look of a panel run: the fit's prediction ± spread there before it, and what it read."""
     controller = controller_from_dict(read_json(folder / "summary.json")["controller"])
     lines = []
+    panel = isinstance(controller, PanelController)
     for step, entry in enumerate(read_jsonl(folder / "log.jsonl")):
-        belief = (
-            controller.belief(entry["concept"], entry["weights"]) if isinstance(controller, PanelController) else None
-        )
-        if belief is not None and (entry.get("seed_start") or 0) >= FRESH_SEED_START:
+        look = panel and (entry.get("seed_start") or 0) >= FRESH_SEED_START
+        belief = controller.belief(entry["concept"], entry["weights"]) if look else None
+        if belief is not None:
             counts = np.asarray(entry["counts"], dtype=np.float64)
             read = counts / max(counts.sum(), 1.0)
             (predicted, spread), cells = belief, range(1 if len(counts) == 2 else len(counts))

@@ -16,7 +16,7 @@ from transformers.utils import logging as transformers_logging
 from mist_debias.core.choices import DTYPE_NAMES
 from mist_debias.core.errors import ModelLoadError
 from mist_debias.core.families import detect_family, find_projections
-from mist_debias.core.locations import looks_like_path
+from mist_debias.core.locations import is_missing_path, looks_like_path
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -77,12 +77,10 @@ def load_pipeline(
     names the families it can edit).
     """
     model = str(model)
-    if looks_like_path(model):
-        folder = Path(model).expanduser()
-        if not folder.exists():
-            raise ModelLoadError(f"model not found: {model}")
-        if not (folder / "model_index.json").is_file():
-            raise ModelLoadError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+    if is_missing_path(model):
+        raise ModelLoadError(f"model not found: {model}")
+    if looks_like_path(model) and not (Path(model).expanduser() / "model_index.json").is_file():
+        raise ModelLoadError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch_dtype, use_safetensors=True)

@@ -142,14 +142,16 @@ def build_controller(
     ]
     try:
         controller = CONTROLLERS[name](targets, budget=budget, **dict(options))
-        first_round = sum(p.n_images for p in CONTROLLERS[name](targets, **dict(options)).propose())
+        unlimited = None if budget is None else CONTROLLERS[name](targets, **dict(options))
     except (TypeError, ValueError) as error:
         raise MistError(f"controller {name!r}: {error}") from None
-    if budget is not None and budget < first_round:
-        raise MistError(
-            f"budget {budget} cannot hold the first round of images ({first_round}: the unedited model, measured"
-            " for every concept)"
-        )
+    if unlimited is not None:
+        first_round = sum(p.n_images for p in unlimited.propose())
+        if budget < first_round:
+            raise MistError(
+                f"budget {budget} cannot hold the first round of images ({first_round}: the unedited model,"
+                " measured for every concept)"
+            )
     return controller
 
 

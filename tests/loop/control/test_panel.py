@@ -350,6 +350,8 @@ def test_belief_is_what_sizes_the_look():
     assert proposal.seed_start == FRESH_SEED_START
     predicted, spread = controller.belief("doctor", proposal.weights)
     assert predicted.sum() == pytest.approx(1.0) and np.all(spread > 0)
-    sizes = np.arange(64, 4097, 16)
-    first_look_alpha = 0.05 * 0.85 * SITE_FIRST_LOOK_SHARE
+    sizes = np.arange(controller.min_look, controller.max_look + 1, controller.batch_multiple)
+    first_look_alpha = look_alpha(
+        look_alpha(controller.alpha, controller.first_look_share, 1), SITE_FIRST_LOOK_SHARE, 1
+    )
     assert plan_look(predicted, spread, np.array(HALF), 0.05, first_look_alpha, sizes)[0] == proposal.n_images

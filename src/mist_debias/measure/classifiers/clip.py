@@ -34,7 +34,7 @@ from transformers import AutoConfig, CLIPModel, CLIPTokenizer
 
 from mist_debias.core import choices
 from mist_debias.core.errors import MistError, one_line
-from mist_debias.core.locations import looks_like_path
+from mist_debias.core.locations import is_missing_path
 from mist_debias.core.prompts import indefinite_article
 from mist_debias.core.spec import AttributeSpec, natural_phrase
 from mist_debias.measure.classifiers.base import CellPredictions
@@ -81,10 +81,10 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _check_is_clip(path_or_id: str) -> None:
     """Raise :class:`ClassifierError` when a local path is missing or clearly is not a CLIP model."""
+    if is_missing_path(path_or_id):
+        raise ClassifierError(f"CLIP model not found: {path_or_id}")
     path = Path(path_or_id).expanduser()
     if not path.exists():
-        if looks_like_path(path_or_id):
-            raise ClassifierError(f"CLIP model not found: {path_or_id}")
         return
     config_file = path / "config.json"
     if not path.is_dir() or not config_file.is_file():

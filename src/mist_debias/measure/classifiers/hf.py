@@ -23,14 +23,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
 
-from mist_debias.core.locations import looks_like_path
+from mist_debias.core.locations import is_missing_path
 from mist_debias.core.spec import AttributeSpec
 from mist_debias.measure.classifiers.clip import ClassifierError, _one_line, _quiet_transformers, _softmax
 
@@ -39,7 +38,7 @@ LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportErr
 
 def read_labels(path_or_id: str) -> tuple[str, ...]:
     """The model's labels in logit order (``config.id2label``), read from its config alone."""
-    if looks_like_path(path_or_id) and not Path(path_or_id).expanduser().exists():
+    if is_missing_path(path_or_id):
         raise ClassifierError(f"image-classification model not found: {path_or_id}")
     with _quiet_transformers():
         try:
