@@ -35,13 +35,15 @@ import numpy as np
 
 from mist_debias.loop.control import ConceptTarget, PanelController
 from mist_debias.loop.control.certify import SITE_FIRST_LOOK_SHARE, crossing_boundaries, look_alpha, plan_look
+from mist_debias.measure.metrics import kl_divergence
 
 POOLED_LOOKS = 4  # the looks design: n₁, 2n₁, 4n₁, 8n₁
 
 
-def bernoulli_kl(p: float, q: float) -> float:
-    """KL(Bernoulli(p) ‖ Bernoulli(q))."""
-    return p * math.log(p / q) + (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
+def log_likelihood_ratio(successes: np.ndarray, trials: int, alternative: np.ndarray, null: float) -> np.ndarray:
+    """``log Π (q/p₀)^x ((1 − q)/(1 − p₀))^(1 − x)`` over ``trials`` Bernoulli draws with ``successes`` ones:
+    alternative ``q`` against null ``p₀``."""
+    return successes * np.log(alternative / null) + (trials - successes) * np.log((1 - alternative) / (1 - null))
 
 
 class Setting:
@@ -50,7 +52,7 @@ class Setting:
     def __init__(self, target: float, tolerance: float) -> None:
         controller = PanelController([ConceptTarget("concept", (target, 1.0 - target), tolerance)])
         self.target, self.tolerance = target, tolerance
-        self.alpha = controller.alpha * controller.first_look_share
+        self.alpha = look_alpha(controller.alpha, controller.first_look_share, 1)
         self.look_sizes = np.arange(controller.min_look, controller.max_look + 1, controller.batch_multiple)
         self.look_alphas = [look_alpha(self.alpha, SITE_FIRST_LOOK_SHARE, k + 1) for k in range(POOLED_LOOKS)]
 
@@ -99,8 +101,8 @@ def likelihood_ratio_design(
         above = np.clip(guess, 1e-6, t + eps)
         below = np.clip(guess, t - eps, 1.0 - 1e-6)
         new = rng.binomial(batch, ratios)
-        log_above += new * np.log(above / (t + eps)) + (batch - new) * np.log((1 - above) / (1 - t - eps))
-        log_below += new * np.log(below / (t - eps)) + (batch - new) * np.log((1 - below) / (1 - t + eps))
+        log_above += log_likelihood_ratio(new, batch, above, t + eps)
+        log_below += log_likelihood_ratio(new, batch, below, t - eps)
         count += new
         now = ~certified & (log_above >= threshold) & (log_below >= threshold)
         images[now] = seen + batch
@@ -122,7 +124,7 @@ def main() -> None:
     first = setting.first_look(0.0)
     most = first * 2 ** (POOLED_LOOKS - 1)
     t, eps, reps = args.target, args.tolerance, args.replicates
-    wald = math.log(1.0 / setting.alpha) / bernoulli_kl(t, t + eps)
+    wald = math.log(1.0 / setting.alpha) / kl_divergence((t, 1.0 - t), (t + eps, 1.0 - t - eps))
     print(f"t = {t}, ε = {eps}, α = {setting.alpha:.4f}, {reps} replicates; at most {most} images per design")
     print(f"Wald's bound at r = t: {wald:.0f} images in expectation for any valid test that surely certifies\n")
     print(
